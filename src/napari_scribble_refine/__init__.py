@@ -1,0 +1,10 @@
+"""Correct nucleus and cell segmentations with a few scribbles.
+
+The public scripting API lives here; the napari widget is reached through the npe2 manifest
+(``napari.yaml``) and is imported only when napari asks for it.
+"""
+
+from .core import RefineConfig
+
+__version__ = "0.1.0"
+__all__ = ["RefineConfig", "__version__"]

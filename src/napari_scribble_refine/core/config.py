@@ -1,0 +1,104 @@
+"""Settings of one refinement: the paper's M, eta, alpha, l and T, and their companions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+
+@dataclass
+class RefineConfig:
+    """Parameters of scribble-aware refinement (Sambaturu et al., MICCAI 2021, Algorithm 1).
+
+    Parameters
+    ----------
+    max_iterations : int
+        M, the most optimiser steps one refinement may take.
+    learning_rate : float
+        eta, the SGD step size on the head's weights.
+    momentum : float
+        SGD momentum (0 is the paper's plain SGD).
+    proximity_weight : float
+        alpha, the weight of ``||W - W_lambda||_2`` that keeps the tuned head near the
+        pre-trained one.
+    n_layers : int
+        l, how many of the network's final layers are tuned (the head). Adapters that name
+        their head explicitly may ignore it.
+    stop_fraction : float
+        Refinement stops once this fraction of scribbled pixels is predicted as its class.
+    region_growing : bool
+        Grow each scribble to similar neighbouring pixels before refining.
+    grow_threshold : float
+        T, the largest intensity difference (image units after scaling to [0, 1]) between a
+        pixel and the pixel it grows from.
+    grow_max_distance : int
+        The farthest (in pixels) a grown scribble may reach from its original stroke.
+    preview_every : int
+        Yield the full prediction every this many iterations (and always at the end).
+    seed : int
+        Seed for torch and numpy; refinement on the CPU is deterministic with it.
+    device : str
+        ``"auto"`` (CUDA, then MPS, then CPU) or an explicit torch device string.
+    """
+
+    max_iterations: int = 50
+    learning_rate: float = 0.05
+    momentum: float = 0.9
+    proximity_weight: float = 0.01
+    n_layers: int = 1
+    stop_fraction: float = 1.0
+    region_growing: bool = True
+    grow_threshold: float = 0.05
+    grow_max_distance: int = 10
+    preview_every: int = 5
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        checks = {
+            "max_iterations": self.max_iterations >= 1,
+            "learning_rate": self.learning_rate > 0,
+            "momentum": 0 <= self.momentum < 1,
+            "proximity_weight": self.proximity_weight >= 0,
+            "n_layers": self.n_layers >= 1,
+            "stop_fraction": 0 < self.stop_fraction <= 1,
+            "grow_threshold": self.grow_threshold >= 0,
+            "grow_max_distance": self.grow_max_distance >= 0,
+            "preview_every": self.preview_every >= 1,
+        }
+        expected = {
+            "max_iterations": "an integer >= 1",
+            "learning_rate": "a number > 0",
+            "momentum": "a number in [0, 1)",
+            "proximity_weight": "a number >= 0",
+            "n_layers": "an integer >= 1",
+            "stop_fraction": "a number in (0, 1]",
+            "grow_threshold": "a number >= 0",
+            "grow_max_distance": "an integer >= 0",
+            "preview_every": "an integer >= 1",
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(
+                    f"RefineConfig.{name} must be {expected[name]}, got {getattr(self, name)!r}"
+                )
+
+    def replace(self, **changes: object) -> RefineConfig:
+        """Return a copy with some fields changed (validated like a new config).
+
+        Parameters
+        ----------
+        **changes
+            Field names and their new values.
+
+        Returns
+        -------
+        RefineConfig
+            The new configuration.
+        """
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            valid = ", ".join(f.name for f in fields(self))
+            raise TypeError(f"RefineConfig has no field(s) {sorted(unknown)}; valid: {valid}")
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(changes)
+        return RefineConfig(**values)  # type: ignore[arg-type]
