@@ -1,0 +1,164 @@
+"""Undo / redo / reset of a model's head: a linear list of exact weight snapshots."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .models.base import HeadState, SegmentationModel
+
+Anchor = dict[str, torch.Tensor]
+"""The proximity term's reference W: head parameter name -> pre-trained value."""
+
+
+@dataclass
+class _Entry:
+    label: str
+    state: HeadState | None  # None: the model's live weights, not yet copied
+    anchor: Anchor
+
+
+class HeadHistory:
+    """Snapshots of a model's head after each change, with a cursor for undo and redo.
+
+    Entry 0 is the pre-trained head; it is never modified, so resetting restores it
+    bit for bit. The newest entry may be *live*: the weights a running refinement is
+    changing, copied only when the history next needs them.
+
+    Parameters
+    ----------
+    model : SegmentationModel
+        The model whose head is tracked.
+    """
+
+    def __init__(self, model: SegmentationModel) -> None:
+        self._model = model
+        anchor = {n: p.detach().clone() for n, p in model.head_module.named_parameters()}
+        self._entries = [_Entry("pre-trained", model.head_state(), anchor)]
+        self._pos = 0
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def position(self) -> int:
+        """Index of the current entry (0 = pre-trained)."""
+        return self._pos
+
+    @property
+    def labels(self) -> list[str]:
+        """What each entry was created by, oldest first."""
+        return [e.label for e in self._entries]
+
+    @property
+    def can_undo(self) -> bool:
+        """True when there is an earlier state."""
+        return self._pos > 0
+
+    @property
+    def can_redo(self) -> bool:
+        """True when an undone state can be restored."""
+        return self._pos < len(self._entries) - 1
+
+    @property
+    def anchor(self) -> Anchor:
+        """Pre-trained head parameters matching the current head's shapes."""
+        return self._entries[self._pos].anchor
+
+    @property
+    def is_pretrained(self) -> bool:
+        """True when the current state is entry 0 or a reset to it, unchanged since."""
+        entry = self._entries[self._pos]
+        return entry.state is not None and (self._pos == 0 or entry.state is self._entries[0].state)
+
+    # ------------------------------------------------------------------ changes
+    def freeze(self) -> None:
+        """Copy live weights into the current entry, if it is live."""
+        entry = self._entries[self._pos]
+        if entry.state is None:
+            entry.state = self._model.head_state()
+
+    def push_live(self, label: str) -> None:
+        """Start a new entry for weights about to change in place (a refinement).
+
+        Parameters
+        ----------
+        label : str
+            What makes the change.
+        """
+        self.freeze()
+        self._truncate()
+        self._entries.append(_Entry(label, None, self.anchor))
+        self._pos += 1
+
+    def push(self, label: str, anchor: Anchor | None = None) -> None:
+        """Record the model's current head as a new entry (copied now).
+
+        Parameters
+        ----------
+        label : str
+            What made the change.
+        anchor : Anchor, optional
+            A new proximity reference (after a class was added); default: unchanged.
+        """
+        self.freeze()
+        self._truncate()
+        self._entries.append(
+            _Entry(label, self._model.head_state(), self.anchor if anchor is None else anchor)
+        )
+        self._pos += 1
+
+    def undo(self) -> bool:
+        """Restore the previous entry.
+
+        Returns
+        -------
+        bool
+            False when there was nothing to undo.
+        """
+        if not self.can_undo:
+            return False
+        self.freeze()
+        self._pos -= 1
+        self._restore()
+        return True
+
+    def redo(self) -> bool:
+        """Restore the next entry.
+
+        Returns
+        -------
+        bool
+            False when there was nothing to redo.
+        """
+        if not self.can_redo:
+            return False
+        self.freeze()
+        self._pos += 1
+        self._restore()
+        return True
+
+    def reset(self) -> bool:
+        """Restore the pre-trained head as a new (undoable) entry.
+
+        Returns
+        -------
+        bool
+            False when the head already is the pre-trained one.
+        """
+        if self.is_pretrained:
+            return False
+        self.freeze()
+        self._truncate()
+        first = self._entries[0]
+        self._entries.append(_Entry("reset", first.state, first.anchor))
+        self._pos += 1
+        self._restore()
+        return True
+
+    def _truncate(self) -> None:
+        del self._entries[self._pos + 1 :]
+
+    def _restore(self) -> None:
+        state = self._entries[self._pos].state
+        assert state is not None
+        self._model.load_head_state(state)

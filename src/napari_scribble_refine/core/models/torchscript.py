@@ -1,0 +1,360 @@
+"""TorchScript files: opaque networks tuned through parameters chosen by name prefix.
+
+A TorchScript archive cannot be split into trunk and head, so every refinement step runs
+the whole forward; gradients reach only the parameters whose names start with one of the
+given prefixes (everything else has ``requires_grad=False``, so backward stops there).
+
+TorchScript archives contain code that runs when the model does: load only files you trust.
+Loading happens only when the user asks for this adapter, and emits a :class:`UserWarning`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._prepare import (
+    Normaliser,
+    check_normaliser,
+    normalise_array,
+    pad_to_multiple,
+    to_input_tensor,
+)
+from .base import Features, HeadState, SegmentationModel
+from .module import _format_names, check_new_class
+
+__all__ = ["TorchScriptModel"]
+
+_PROBE_SIDE = 64
+
+
+def _matches(name: str, prefix: str) -> bool:
+    prefix = prefix.rstrip(".")
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def _owner(root: nn.Module, dotted: str) -> tuple[nn.Module, str]:
+    """Find the module holding attribute ``dotted``; return it and the attribute name."""
+    *path, attr = dotted.split(".")
+    owner = root
+    for part in path:
+        owner = getattr(owner, part)
+    return owner, attr
+
+
+def _prefixes(param_names: Sequence[str]) -> list[str]:
+    seen: list[str] = []
+    for full in param_names:
+        parts = full.split(".")
+        for i in range(1, len(parts)):
+            prefix = ".".join(parts[:i])
+            if prefix not in seen:
+                seen.append(prefix)
+    return seen
+
+
+class TorchScriptModel(SegmentationModel):
+    """A TorchScript segmentation network loaded from a file.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A file written by ``torch.jit.save``.
+    head : str or sequence of str
+        Parameter-name prefix(es) of the head, e.g. ``"decoder.final"`` matches
+        ``decoder.final.weight`` and ``decoder.final.bias``.
+    class_names : sequence of str, optional
+        Output classes, background first. Default: ``"background"``, ``"class 1"``, ... for
+        as many channels as the network outputs.
+    in_channels : int
+        Channels the network takes.
+    normalise : str, callable or None
+        As for :class:`~napari_scribble_refine.core.models.module.TorchModuleModel`.
+    size_multiple : int
+        H and W the network accepts must be multiples of this; inputs are reflect-padded.
+    name : str, optional
+        Name shown to users; defaults to the file name.
+
+    Warns
+    -----
+    UserWarning
+        Always: TorchScript files can execute code.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` is not an existing file.
+    ValueError
+        If the file is not TorchScript, the network's output on a probe input is not class
+        logits [N, C >= 2, H, W] of the input's size, or a prefix matches no parameter.
+    """
+
+    trunk_is_cached = False
+    head_is_pointwise = False
+    head_halo = 0
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        head: str | Sequence[str],
+        *,
+        class_names: Sequence[str] | None = None,
+        in_channels: int = 1,
+        normalise: Normaliser = "percentile",
+        size_multiple: int = 1,
+        name: str | None = None,
+    ) -> None:
+        file = Path(path)
+        if not file.is_file():
+            raise FileNotFoundError(f"TorchScript model file {str(file)!r} does not exist")
+        warnings.warn(
+            f"Loading TorchScript file {str(file)!r}: TorchScript files can execute code; "
+            "only load files from sources you trust.",
+            UserWarning,
+            stacklevel=2,
+        )
+        try:
+            net = torch.jit.load(str(file), map_location="cpu")
+        except Exception as err:  # noqa: BLE001 - torch raises RuntimeError and others
+            raise ValueError(
+                f"{str(file)!r} is not a TorchScript file: expected an archive written by "
+                f"torch.jit.save (torch.jit.script / torch.jit.trace) ({type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else ''})"
+            ) from err
+        if size_multiple < 1:
+            raise ValueError(f"size_multiple must be >= 1, got {size_multiple}")
+        self.name = name or file.name
+        self.path = file
+        self.in_channels = int(in_channels)
+        self.size_multiple = int(size_multiple)
+        self.normalise = check_normaliser(normalise)
+        self._net = net.eval()
+        for p in self._net.parameters():
+            p.requires_grad_(False)
+
+        n_out = self._probe()
+        if class_names is None:
+            self.class_names = ["background"] + [f"class {i}" for i in range(1, n_out)]
+        else:
+            self.class_names = [str(c) for c in class_names]
+            if len(self.class_names) != n_out:
+                raise ValueError(
+                    f"{self.name} outputs {n_out} classes but {len(self.class_names)} class "
+                    f"names were given ({self.class_names})"
+                )
+
+        prefixes = [head] if isinstance(head, str) else list(head)
+        if not prefixes:
+            raise ValueError("head must give at least one parameter-name prefix")
+        names = [n for n, _ in self._net.named_parameters()]
+        unmatched = [p for p in prefixes if not any(_matches(n, p) for n in names)]
+        if unmatched:
+            raise ValueError(
+                f"head prefix(es) {unmatched} match no parameter of {self.name}; available "
+                f"prefixes: {_format_names(_prefixes(names))}"
+            )
+        self._prefixes = prefixes
+
+    # ------------------------------------------------------------------ set-up
+    def _probe(self) -> int:
+        side = math.ceil(_PROBE_SIDE / self.size_multiple) * self.size_multiple
+        gen = torch.Generator().manual_seed(0)
+        x = torch.rand((1, self.in_channels, side, side), generator=gen)
+        try:
+            with torch.no_grad():
+                out = self._net(x)
+        except Exception as err:  # noqa: BLE001 - report any failure of the file's code
+            raise ValueError(
+                f"{self.name} failed on a probe input of shape {tuple(x.shape)} "
+                f"(in_channels={self.in_channels}, size_multiple={self.size_multiple}): "
+                f"{str(err).splitlines()[0] if str(err) else type(err).__name__}"
+            ) from err
+        if not isinstance(out, torch.Tensor):
+            raise ValueError(
+                f"{self.name} must return one tensor of class logits [N, C, H, W], "
+                f"got {type(out).__name__}"
+            )
+        if out.ndim != 4 or out.shape[1] < 2 or out.shape[-2:] != x.shape[-2:]:
+            raise ValueError(
+                f"{self.name} has no class axis: expected logits [N, C>=2, H, W] with the "
+                f"input's H and W; a probe input {tuple(x.shape)} gave {tuple(out.shape)}"
+            )
+        return int(out.shape[1])
+
+    # ------------------------------------------------------------------ protocol
+    @property
+    def network(self) -> nn.Module:
+        """The loaded ``ScriptModule``."""
+        return self._net
+
+    def _head_named_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return [
+            (n, p)
+            for n, p in self._net.named_parameters()
+            if any(_matches(n, prefix) for prefix in self._prefixes)
+        ]
+
+    @property
+    def head_names(self) -> list[str]:
+        """Full names of the tuned parameters."""
+        return [n for n, _ in self._head_named_parameters()]
+
+    @property
+    def head_module(self) -> nn.Module:
+        """A container registering the head's parameters (shared with :attr:`network`)."""
+        container = nn.Module()
+        for n, p in self._head_named_parameters():
+            container.register_parameter(n.replace(".", "__"), p)
+        return container
+
+    def head_state(self) -> HeadState:
+        """Snapshot of the head's parameters and the class names.
+
+        Returns
+        -------
+        HeadState
+            Detached copies keyed by full parameter name.
+        """
+        weights = {n: p.detach().clone() for n, p in self._head_named_parameters()}
+        return {"weights": weights, "class_names": list(self.class_names)}
+
+    def load_head_state(self, state: HeadState) -> None:
+        """Restore a snapshot exactly (shapes changed by ``add_class`` included).
+
+        Parameters
+        ----------
+        state : HeadState
+            A snapshot from :meth:`head_state`.
+        """
+        for full_name, value in state["weights"].items():
+            owner, attr = _owner(self._net, full_name)
+            current = getattr(owner, attr)
+            if current.shape != value.shape:
+                setattr(
+                    owner,
+                    attr,
+                    nn.Parameter(value.clone().to(current.device), requires_grad=False),
+                )
+            else:
+                with torch.no_grad():
+                    current.copy_(value)
+        self.class_names = list(state["class_names"])
+
+    def normalise_image(self, image: np.ndarray) -> np.ndarray:
+        """Scale a whole image or stack to the network's input range.
+
+        Parameters
+        ----------
+        image : numpy.ndarray
+            (Y, X), (Y, X, C) or (Z, Y, X); not modified.
+
+        Returns
+        -------
+        numpy.ndarray
+            float32, same shape.
+        """
+        return normalise_array(np.asarray(image), self.normalise)
+
+    def features(self, image: np.ndarray, *, normalised: bool = False) -> Features:
+        """Prepare one 2D image (the network cannot be split, so nothing is cached).
+
+        Parameters
+        ----------
+        image : numpy.ndarray
+            (Y, X) or (Y, X, C); not modified.
+        normalised : bool
+            True when ``image`` has already been through :meth:`normalise_image`.
+
+        Returns
+        -------
+        Features
+            ``{"input": [1, C, Y, X]}``.
+        """
+        return self.features_batch([image], normalised=normalised)
+
+    def features_batch(self, images: Sequence[np.ndarray], *, normalised: bool = False) -> Features:
+        """Prepare several 2D images of one size as one batch.
+
+        Parameters
+        ----------
+        images : sequence of numpy.ndarray
+            Images of equal shape.
+        normalised : bool
+            True when the images have already been through :meth:`normalise_image`.
+
+        Returns
+        -------
+        Features
+            ``{"input": [B, C, Y, X]}``.
+        """
+        tensors = []
+        for img in images:
+            scaled = img if normalised else self.normalise_image(img)
+            tensors.append(to_input_tensor(scaled, self.in_channels, self.device))
+        return {"input": torch.cat(tensors)}
+
+    def head(self, features: Features) -> torch.Tensor:
+        """Full forward on prepared input; gradients reach the head parameters only.
+
+        Parameters
+        ----------
+        features : Features
+            ``{"input": [N, C, h, w]}``.
+
+        Returns
+        -------
+        torch.Tensor
+            Logits [N, n_classes, h, w].
+        """
+        x = features["input"]
+        h, w = x.shape[-2:]
+        return self._net(pad_to_multiple(x, self.size_multiple))[..., :h, :w]
+
+    def add_class(self, name: str, init_from: int) -> None:
+        """Grow the final layer (the last head weight with one row per class) by one class.
+
+        Parameters
+        ----------
+        name : str
+            Name of the new class.
+        init_from : int
+            Index of the class whose weights initialise the new channel.
+
+        Raises
+        ------
+        ValueError
+            If the arguments are invalid or no head weight has one output per class.
+        """
+        check_new_class(self.class_names, name, init_from)
+        n = self.n_classes
+        params = self._head_named_parameters()
+        weight_name = None
+        for pname, p in reversed(params):
+            if pname.endswith("weight") and p.ndim >= 2 and p.shape[0] == n:
+                weight_name = pname
+                break
+        if weight_name is None:
+            raise ValueError(
+                f"cannot add a class to {self.name}: no head weight has {n} output channels "
+                f"(head parameters: {[pn for pn, _ in params]})"
+            )
+        bias_name = weight_name[: -len("weight")] + "bias"
+        with torch.no_grad():
+            for pname in (weight_name, bias_name):
+                try:
+                    owner, attr = _owner(self._net, pname)
+                    current = getattr(owner, attr)
+                except AttributeError:
+                    continue
+                if not isinstance(current, torch.Tensor) or current.shape[0] != n:
+                    continue
+                grown = torch.cat([current, current[init_from : init_from + 1]])
+                setattr(owner, attr, nn.Parameter(grown, requires_grad=False))
+        self.class_names.append(str(name))

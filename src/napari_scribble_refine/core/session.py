@@ -1,0 +1,607 @@
+"""RefineSession: one image, one model, scribble-aware refinement with undo, redo and reset.
+
+The trunk runs once when the session starts (tile by tile for large images, slice by slice
+for stacks) and its output is cached; each refinement then tunes only the head on the
+scribbled pixels (Sambaturu et al., MICCAI 2021, Algorithm 1)::
+
+    session = RefineSession(model, image)
+    labels = session.predict()
+    result = session.run(scribbles)        # or: for step in session.refine(scribbles): ...
+    session.undo(); session.redo(); session.reset()
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import warnings
+from collections.abc import Generator
+
+import numpy as np
+import torch
+
+from .config import RefineConfig
+from .devices import resolve_device
+from .history import HeadHistory
+from .images import ImageInfo, validate_image
+from .models.base import SegmentationModel
+from .refine_loop import (
+    Batch,
+    MomentumSGD,
+    build_batches,
+    loss_and_gradients,
+    proximity,
+    scribble_targets,
+)
+from .scribbles import grow_scribbles, validate_scribbles
+from .steps import RefineResult, RefineStep
+from .tiling import crop_features, head_windows
+
+__all__ = ["RefineSession"]
+
+HEAD_CHUNK_PIXELS = 1 << 20
+"""Pixels per piece when the head runs over the whole image (bounds memory)."""
+
+
+def class_map_of(logits: torch.Tensor) -> np.ndarray:
+    """Argmax over the class axis of [C, Y, X] logits (ties go to the lower class).
+
+    Parameters
+    ----------
+    logits : torch.Tensor
+        [C, Y, X] on the CPU.
+
+    Returns
+    -------
+    numpy.ndarray
+        int32 (Y, X).
+    """
+    # channels-last makes the reduction contiguous: several times faster than argmax(0)
+    return logits.permute(1, 2, 0).contiguous().argmax(-1).numpy().astype(np.int32)
+
+
+def instance_classes(labels: np.ndarray, class_map: np.ndarray) -> dict[int, int]:
+    """Find the majority foreground class of each instance.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        Instance labels (0 = background).
+    class_map : numpy.ndarray
+        Class map of the same shape.
+
+    Returns
+    -------
+    dict of int to int
+        Instance label -> class (0 only when no pixel of the instance is foreground).
+    """
+    n_labels = int(labels.max(initial=0)) + 1
+    n_cls = int(class_map.max(initial=0)) + 1
+    flat = labels.astype(np.int64).ravel() * n_cls + class_map.astype(np.int64).ravel()
+    counts = np.bincount(flat, minlength=n_labels * n_cls).reshape(n_labels, n_cls)
+    present = np.flatnonzero(counts[1:].sum(axis=1)) + 1
+    out = {}
+    for label in present:
+        fg = counts[label, 1:]
+        out[int(label)] = int(fg.argmax()) + 1 if fg.any() else 0
+    return out
+
+
+class RefineSession:
+    """Interactive refinement of one model's predictions on one image.
+
+    Parameters
+    ----------
+    model : SegmentationModel
+        The adapter. By default the session works on a deep copy, so the caller's model
+        never changes; pass ``copy_model=False`` to tune it in place.
+    image : numpy.ndarray
+        (Y, X), (Y, X, 3|4) colour or (Z, Y, X) stack; copied, never modified.
+    config : RefineConfig, optional
+        Refinement settings (default: ``RefineConfig()``).
+    rgb : bool, optional
+        Whether the last axis is colour (napari's ``rgb`` flag); None guesses from the shape.
+    tile_size : int
+        Images with a side longer than this run through the trunk in tiles.
+    tile_halo : int, optional
+        Context per tile; default: the adapter's ``trunk_halo`` (or 64).
+    copy_model : bool
+        Work on a deep copy of ``model`` (default) rather than the object given.
+
+    Attributes
+    ----------
+    model : SegmentationModel
+        The adapter this session tunes.
+    config : RefineConfig
+        Settings used by :meth:`refine` (may be replaced between refinements).
+    device : torch.device
+        Where the network runs.
+    device_reason : str
+        Why that device was chosen.
+    image_info : ImageInfo
+        Layout of the image.
+
+    Raises
+    ------
+    ValueError
+        If the image is unusable (NaN/inf, constant, wrong number of dimensions) or the
+        configured device is unknown or unavailable.
+    """
+
+    def __init__(
+        self,
+        model: SegmentationModel,
+        image: np.ndarray,
+        config: RefineConfig | None = None,
+        *,
+        rgb: bool | None = None,
+        tile_size: int = 1024,
+        tile_halo: int | None = None,
+        copy_model: bool = True,
+    ) -> None:
+        self.config = config if config is not None else RefineConfig()
+        self.image_info: ImageInfo = validate_image(image, rgb=rgb)
+        self._image = np.array(image, copy=True)
+        self._image.setflags(write=False)
+        self.device, self.device_reason = resolve_device(self.config.device)
+        if tile_size < 16:
+            raise ValueError(f"tile_size must be at least 16, got {tile_size}")
+        self.tile_size = int(tile_size)
+        default_halo = getattr(model, "trunk_halo", 64)
+        self.tile_halo = int(tile_halo if tile_halo is not None else default_halo)
+
+        self.model = copy.deepcopy(model) if copy_model else model
+        self.model.to(self.device)
+        self.model.network.eval()
+        for p in self.model.network.parameters():
+            p.requires_grad_(False)
+
+        from .tiling import compute_features
+
+        self.features = compute_features(
+            self.model,
+            self._image,
+            is_3d=self.image_info.is_3d,
+            tile_size=self.tile_size,
+            halo=self.tile_halo,
+        )
+        self._history = HeadHistory(self.model)
+        self._version = 0
+        self._prediction: tuple[int, np.ndarray] | None = None
+        self._run_token = 0
+        self._grow_range: tuple[float, float] | None = None
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def image(self) -> np.ndarray:
+        """The session's read-only copy of the image."""
+        return self._image
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        """(Y, X) or (Z, Y, X): the shape of scribbles and class maps."""
+        return self.image_info.spatial_shape
+
+    @property
+    def class_names(self) -> list[str]:
+        """Current output classes (index 0 = background)."""
+        return list(self.model.class_names)
+
+    @property
+    def n_classes(self) -> int:
+        """Number of output classes, background included."""
+        return self.model.n_classes
+
+    @property
+    def can_undo(self) -> bool:
+        """True when :meth:`undo` would change something."""
+        return self._history.can_undo
+
+    @property
+    def can_redo(self) -> bool:
+        """True when :meth:`redo` would change something."""
+        return self._history.can_redo
+
+    @property
+    def history_labels(self) -> list[str]:
+        """What created each history entry, oldest first (entry 0 is the pre-trained head)."""
+        return self._history.labels
+
+    @property
+    def history_position(self) -> int:
+        """Index of the current history entry."""
+        return self._history.position
+
+    def _changed(self) -> None:
+        self._version += 1
+        self._run_token += 1  # a refinement still suspended must not step any more
+
+    # ------------------------------------------------------------------ prediction
+    def _slice_logits(self, index: int) -> torch.Tensor:
+        """Logits [1, C, Y, X] of one image (slice), computed in bounded pieces."""
+        model = self.model
+        height, width = self.spatial_shape[-2:]
+        if model.trunk_is_cached:
+            halo = 0 if model.head_is_pointwise else int(model.head_halo)
+            pixels, full_width = HEAD_CHUNK_PIXELS, model.head_is_pointwise
+        else:
+            halo, pixels, full_width = self.tile_halo, self.tile_size**2, False
+            if height <= self.tile_size and width <= self.tile_size:
+                pixels, halo = height * width, 0
+        out: torch.Tensor | None = None
+        with torch.inference_mode():
+            for ys, xs, keep_y, keep_x in head_windows(
+                height, width, pixels=pixels, halo=halo, full_width=full_width
+            ):
+                logits = model.head(crop_features(self.features, index, ys, xs))
+                if out is None:
+                    out = torch.empty(
+                        (1, logits.shape[1], height, width), dtype=logits.dtype, device="cpu"
+                    )
+                y0 = ys.start + keep_y.start
+                x0 = xs.start + keep_x.start
+                piece = logits[..., keep_y, keep_x]
+                out[..., y0 : y0 + piece.shape[-2], x0 : x0 + piece.shape[-1]] = piece.cpu()
+        assert out is not None
+        return out
+
+    def _compute_class_map(self) -> np.ndarray:
+        n = self.spatial_shape[0] if self.image_info.is_3d else 1
+        planes = [class_map_of(self._slice_logits(i)[0]) for i in range(n)]
+        return np.stack(planes) if self.image_info.is_3d else planes[0]
+
+    def predict(self) -> np.ndarray:
+        """Compute (or reuse) the class map of the whole image with the current head.
+
+        Computed once per head state (the trunk's features are cached).
+
+        Returns
+        -------
+        numpy.ndarray
+            int32 of :attr:`spatial_shape`: 0 = background, c = class c. A new array.
+        """
+        return self.prediction.copy()
+
+    @property
+    def prediction(self) -> np.ndarray:
+        """The current class map (read-only; :meth:`predict` returns a writable copy)."""
+        if self._prediction is None or self._prediction[0] != self._version:
+            class_map = self._compute_class_map()
+            class_map.setflags(write=False)
+            self._prediction = (self._version, class_map)
+        return self._prediction[1]
+
+    def logits(self, index: int = 0) -> torch.Tensor:
+        """Logits of one image (or slice ``index`` of a stack) with the current head.
+
+        Parameters
+        ----------
+        index : int
+            Slice of a stack (0 for 2D images).
+
+        Returns
+        -------
+        torch.Tensor
+            [1, C, Y, X] on the CPU.
+        """
+        return self._slice_logits(index)
+
+    def instances(self) -> tuple[np.ndarray, dict[int, int]]:
+        """Instance labels of the current prediction and the class of each instance.
+
+        The adapter's own post-processing is used when it has one (e.g. HoVer-Net's HV
+        watershed), otherwise
+        :func:`~napari_scribble_refine.core.postprocess.class_map_to_instances`.
+
+        Returns
+        -------
+        labels : numpy.ndarray
+            int32 of :attr:`spatial_shape`, 0 = background, 1..N (unique over a stack).
+        classes : dict of int to int
+            Instance label -> its majority class in the class map.
+        """
+        class_map = self.prediction
+        planes = class_map if self.image_info.is_3d else class_map[None]
+        labels = []
+        offset = 0
+        for index, plane in enumerate(planes):
+            one_feats = {k: v[index : index + 1] for k, v in self.features.items()}
+            own = self.model.instances(plane, self._slice_logits(index), one_feats)
+            if own is None:
+                from .postprocess import class_map_to_instances
+
+                own = class_map_to_instances(plane)
+            own = np.asarray(own).astype(np.int32)
+            if offset:
+                own = np.where(own > 0, own + offset, 0).astype(np.int32)
+            offset = max(offset, int(own.max(initial=0)))
+            labels.append(own)
+        result = np.stack(labels) if self.image_info.is_3d else labels[0]
+        return result, instance_classes(result, class_map)
+
+    # ------------------------------------------------------------------ history
+    def undo(self) -> bool:
+        """Go back to the head before the last change (refinement, class, reset).
+
+        Returns
+        -------
+        bool
+            False when there was nothing to undo.
+        """
+        done = self._history.undo()
+        if done:
+            self._changed()
+        return done
+
+    def redo(self) -> bool:
+        """Re-apply the last undone change.
+
+        Returns
+        -------
+        bool
+            False when there was nothing to redo.
+        """
+        done = self._history.redo()
+        if done:
+            self._changed()
+        return done
+
+    def reset(self) -> bool:
+        """Restore the pre-trained head exactly (undoable).
+
+        Returns
+        -------
+        bool
+            False when the head already is the pre-trained one.
+        """
+        done = self._history.reset()
+        if done:
+            self._changed()
+        return done
+
+    def add_class(self, name: str, init_from: int = 0) -> int:
+        """Add an output class, initialised as a copy of an existing one (undoable).
+
+        Parameters
+        ----------
+        name : str
+            Name of the new class.
+        init_from : int
+            Class whose final-layer weights the new class starts from.
+
+        Returns
+        -------
+        int
+            Index of the new class (scribble it with value ``index + 1``).
+        """
+        self._history.freeze()
+        old_anchor = self._history.anchor
+        self.model.add_class(name, init_from)
+        anchor = {}
+        for pname, p in self.model.head_module.named_parameters():
+            ref = old_anchor.get(pname)
+            current = p.detach().clone()
+            if ref is None or ref.shape == current.shape:
+                anchor[pname] = current if ref is None else ref
+                continue
+            axis = next(
+                i for i, (a, b) in enumerate(zip(ref.shape, current.shape, strict=True)) if a != b
+            )
+            grown = current.narrow(axis, ref.shape[axis], current.shape[axis] - ref.shape[axis])
+            anchor[pname] = torch.cat([ref.to(current.device), grown], dim=axis)
+        self._history.push(f"add class {name!r}", anchor=anchor)
+        self._changed()
+        return self.n_classes - 1
+
+    # ------------------------------------------------------------------ refinement
+    def prepare_scribbles(
+        self, scribbles: np.ndarray, config: RefineConfig | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Validate scribbles and grow them if the config says so.
+
+        Parameters
+        ----------
+        scribbles : numpy.ndarray
+            Labels of :attr:`spatial_shape` (0 none, 1 background, c + 1 class c).
+        config : RefineConfig, optional
+            Settings to use instead of :attr:`config`.
+
+        Returns
+        -------
+        used : numpy.ndarray
+            The scribbles the loss runs over (grown when region growing is on).
+        grown : numpy.ndarray or None
+            The grown scribbles, or None when growing is off.
+        """
+        cfg = config if config is not None else self.config
+        clean = validate_scribbles(scribbles, self.spatial_shape, self.n_classes)
+        if not cfg.region_growing or not clean.any():
+            return clean, None
+        if self._grow_range is None:
+            from .region_growing import robust_intensity_range
+
+            channel_axis = -1 if self.image_info.is_rgb else None
+            self._grow_range = robust_intensity_range(self._image, channel_axis=channel_axis)
+        grown = grow_scribbles(
+            self._image,
+            clean,
+            threshold=cfg.grow_threshold,
+            max_distance=cfg.grow_max_distance,
+            intensity_range=self._grow_range,
+        )
+        return grown, grown
+
+    def refine(
+        self, scribbles: np.ndarray, *, config: RefineConfig | None = None
+    ) -> Generator[RefineStep, None, RefineResult]:
+        """Tune the head until the scribbles are predicted (Algorithm 1), step by step.
+
+        The scribbles are validated (and grown) now; the loop runs as the generator is
+        iterated. Closing the generator between steps (a GUI's Cancel) keeps the weights
+        reached so far as one history entry, so :meth:`undo` returns to the state before.
+        Any other session operation (undo, reset, another refinement) ends a suspended
+        refinement: it takes no further step.
+
+        Parameters
+        ----------
+        scribbles : numpy.ndarray
+            Labels of :attr:`spatial_shape`: 0 = no constraint, 1 = background,
+            c + 1 = class c. Never modified.
+        config : RefineConfig, optional
+            Settings for this refinement only (default: :attr:`config`); its ``device`` is
+            ignored (the session's device was fixed when it started).
+
+        Yields
+        ------
+        RefineStep
+            One record after each optimiser step and a final one (``finished=True``).
+
+        Returns
+        -------
+        RefineResult
+            The outcome (``StopIteration.value``; :meth:`run` returns it directly).
+
+        Raises
+        ------
+        ValueError
+            If the scribbles do not match the image or use classes the model lacks.
+
+        Warns
+        -----
+        UserWarning
+            When nothing is scribbled (the refinement is then a no-op).
+        """
+        cfg = config if config is not None else self.config
+        used, grown = self.prepare_scribbles(scribbles, cfg)
+        self._run_token += 1
+        token = self._run_token
+        n_scribbled = int(np.count_nonzero(used))
+        if n_scribbled == 0:
+            warnings.warn(
+                "No scribbles: nothing to refine (paint some pixels first).",
+                UserWarning,
+                stacklevel=2,
+            )
+            return self._no_op()
+        targets = scribble_targets(used if self.image_info.is_3d else used[None])
+        batches = build_batches(self.model, self.features, targets)
+        return self._loop(cfg, batches, n_scribbled, token, grown)
+
+    def _no_op(self) -> Generator[RefineStep, None, RefineResult]:
+        prediction = self.predict()
+        yield RefineStep(0, 0.0, 0, 0, prediction, True)
+        return RefineResult(
+            iterations=0,
+            stop_reason="no_scribbles",
+            loss=0.0,
+            violations=0,
+            n_scribbled=0,
+            prediction=prediction,
+            message="No scribbles: nothing to refine.",
+        )
+
+    def _loop(
+        self,
+        cfg: RefineConfig,
+        batches: list[Batch],
+        n_scribbled: int,
+        token: int,
+        grown: np.ndarray | None,
+    ) -> Generator[RefineStep, None, RefineResult]:
+        start = time.perf_counter()
+        self.model.network.eval()
+        params = [p for _, p in self.model.head_module.named_parameters()]
+        named = list(self.model.head_module.named_parameters())
+        anchor = self._history.anchor
+        optimiser = MomentumSGD(params, lr=cfg.learning_rate, momentum=cfg.momentum)
+        steps, stop_reason = 0, "max_iterations"
+        loss = 0.0
+        violations = n_scribbled
+        try:
+            for iteration in range(cfg.max_iterations + 1):
+                if token != self._run_token:
+                    stop_reason = "superseded"
+                    break
+                for p in params:
+                    p.requires_grad_(True)
+                optimiser.zero_grad()
+                ce, violations = loss_and_gradients(self.model, batches, n_scribbled)
+                prox = proximity(named, anchor)
+                loss = ce + cfg.proximity_weight * float(prox.detach())
+                if 1.0 - violations / n_scribbled >= cfg.stop_fraction:
+                    stop_reason = "converged"
+                    break
+                if iteration == cfg.max_iterations:
+                    break
+                if cfg.proximity_weight > 0:
+                    (cfg.proximity_weight * prox).backward()
+                if steps == 0:
+                    self._history.push_live("refine")
+                optimiser.step()
+                for p in params:
+                    p.requires_grad_(False)
+                steps += 1
+                self._version += 1
+                preview = self.predict() if steps % cfg.preview_every == 0 else None
+                yield RefineStep(
+                    steps,
+                    loss,
+                    violations,
+                    n_scribbled,
+                    preview,
+                    False,
+                    time.perf_counter() - start,
+                )
+        finally:
+            for p in params:
+                p.requires_grad_(False)
+                p.grad = None
+        if stop_reason != "superseded":
+            self._history.freeze()
+        prediction = self.predict()
+        elapsed = time.perf_counter() - start
+        yield RefineStep(steps, loss, violations, n_scribbled, prediction, True, elapsed)
+        messages = {
+            "converged": f"All but {violations} of {n_scribbled} scribbled pixels predicted "
+            f"as scribbled after {steps} step(s).",
+            "max_iterations": f"Stopped after {steps} step(s) (the maximum); {violations} of "
+            f"{n_scribbled} scribbled pixels still disagree.",
+            "superseded": f"Stopped after {steps} step(s): another operation started.",
+        }
+        if stop_reason == "converged" and violations == 0:
+            messages["converged"] = (
+                f"All {n_scribbled} scribbled pixels predicted as scribbled after {steps} step(s)."
+            )
+        return RefineResult(
+            iterations=steps,
+            stop_reason=stop_reason,
+            loss=loss,
+            violations=violations,
+            n_scribbled=n_scribbled,
+            prediction=prediction,
+            message=messages[stop_reason],
+            elapsed_s=time.perf_counter() - start,
+            grown_scribbles=grown,
+        )
+
+    def run(self, scribbles: np.ndarray, *, config: RefineConfig | None = None) -> RefineResult:
+        """Run :meth:`refine` to the end without a GUI.
+
+        Parameters
+        ----------
+        scribbles : numpy.ndarray
+            As for :meth:`refine`.
+        config : RefineConfig, optional
+            As for :meth:`refine`.
+
+        Returns
+        -------
+        RefineResult
+            The outcome.
+        """
+        generator = self.refine(scribbles, config=config)
+        while True:
+            try:
+                next(generator)
+            except StopIteration as stop:
+                return stop.value
