@@ -4,7 +4,24 @@ The public scripting API lives here; the napari widget is reached through the np
 (``napari.yaml``) and is imported only when napari asks for it.
 """
 
-from .core import RefineConfig
+from .core import (
+    RefineConfig,
+    RefineResult,
+    RefineSession,
+    RefineStep,
+    TorchModuleModel,
+    TorchScriptModel,
+    resolve_device,
+)
 
 __version__ = "0.1.0"
-__all__ = ["RefineConfig", "__version__"]
+__all__ = [
+    "RefineConfig",
+    "RefineResult",
+    "RefineSession",
+    "RefineStep",
+    "TorchModuleModel",
+    "TorchScriptModel",
+    "__version__",
+    "resolve_device",
+]

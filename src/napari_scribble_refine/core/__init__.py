@@ -1,5 +1,18 @@
 """GUI-free engine: imports numpy, torch and scikit-image only, never napari or Qt."""
 
 from .config import RefineConfig
+from .devices import resolve_device
+from .models.module import TorchModuleModel
+from .models.torchscript import TorchScriptModel
+from .session import RefineSession
+from .steps import RefineResult, RefineStep
 
-__all__ = ["RefineConfig"]
+__all__ = [
+    "RefineConfig",
+    "RefineResult",
+    "RefineSession",
+    "RefineStep",
+    "TorchModuleModel",
+    "TorchScriptModel",
+    "resolve_device",
+]

@@ -300,16 +300,21 @@ class RefineSession:
         classes : dict of int to int
             Instance label -> its majority class in the class map.
         """
+        from .postprocess import class_map_to_instances
+
         class_map = self.prediction
+        method = self.model.instances
+        if getattr(method, "__func__", None) is SegmentationModel.instances:
+            # no model-specific post-processing: one watershed over the image or stack
+            result = np.asarray(class_map_to_instances(class_map)).astype(np.int32)
+            return result, instance_classes(result, class_map)
         planes = class_map if self.image_info.is_3d else class_map[None]
         labels = []
         offset = 0
         for index, plane in enumerate(planes):
             one_feats = {k: v[index : index + 1] for k, v in self.features.items()}
-            own = self.model.instances(plane, self._slice_logits(index), one_feats)
+            own = method(plane, self._slice_logits(index), one_feats)
             if own is None:
-                from .postprocess import class_map_to_instances
-
                 own = class_map_to_instances(plane)
             own = np.asarray(own).astype(np.int32)
             if offset:

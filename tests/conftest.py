@@ -1,0 +1,84 @@
+"""Shared fixtures: small deterministic networks and synthetic disk scenes.
+
+The tiny U-Net is trained once per test session (single-threaded, a few seconds) on bright
+disks only: it predicts background and "nucleus" almost right, predicts its third class
+("other") nowhere, and calls dim disks mostly "nucleus". Tests get deep copies.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _tiny_nets import TinyUNet, disks_scene, train_tiny_unet  # noqa: E402
+
+from napari_scribble_refine.core.config import RefineConfig  # noqa: E402
+from napari_scribble_refine.core.models.module import TorchModuleModel  # noqa: E402
+
+CLASSES3 = ["background", "nucleus", "other"]
+CLASSES2 = ["background", "nucleus"]
+
+
+@pytest.fixture(scope="session")
+def trained_unet() -> TinyUNet:
+    """The session's one trained 3-class TinyUNet (do not modify: use ``unet``)."""
+    return train_tiny_unet()
+
+
+@pytest.fixture
+def unet(trained_unet: TinyUNet) -> TinyUNet:
+    """A fresh copy of the trained 3-class network (class 2 is never predicted)."""
+    return copy.deepcopy(trained_unet)
+
+
+@pytest.fixture
+def unet2(trained_unet: TinyUNet) -> TinyUNet:
+    """A 2-class copy (background, nucleus): the 3-class net without its unused output."""
+    net = copy.deepcopy(trained_unet)
+    old = net.final
+    final = nn.Conv2d(old.in_channels, 2, 1)
+    with torch.no_grad():
+        final.weight.copy_(old.weight[:2])
+        final.bias.copy_(old.bias[:2])
+    net.final = final
+    return net.eval()
+
+
+@pytest.fixture
+def model3(unet: TinyUNet) -> TorchModuleModel:
+    """The 3-class network with its 1x1 final layer as the head."""
+    return TorchModuleModel(unet, CLASSES3, size_multiple=2)
+
+
+@pytest.fixture
+def model2(unet2: TinyUNet) -> TorchModuleModel:
+    """The 2-class network with its 1x1 final layer as the head."""
+    return TorchModuleModel(unet2, CLASSES2, size_multiple=2)
+
+
+@pytest.fixture
+def scene() -> tuple[np.ndarray, np.ndarray]:
+    """A 96x96 image with 5 bright and 4 dim disks, and their kinds (0, 1 bright, 2 dim)."""
+    return disks_scene(np.random.default_rng(7), size=96, n_bright=5, n_dim=4)
+
+
+@pytest.fixture
+def config() -> RefineConfig:
+    """Fast, deterministic settings on the CPU without region growing."""
+    return RefineConfig(
+        max_iterations=80,
+        learning_rate=0.05,
+        momentum=0.9,
+        proximity_weight=0.01,
+        region_growing=False,
+        preview_every=5,
+        device="cpu",
+    )

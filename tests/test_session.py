@@ -1,0 +1,554 @@
+"""RefineSession: Algorithm 1, history, classes, devices, stacks, tiles and bad input."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from _tiny_nets import disk_labels, disks_scene, fraction, scribble_disks
+from conftest import CLASSES3
+
+from napari_scribble_refine.core.config import RefineConfig
+from napari_scribble_refine.core.models.module import TorchModuleModel
+from napari_scribble_refine.core.refine_loop import proximity
+from napari_scribble_refine.core.session import RefineSession
+from napari_scribble_refine.core.steps import RefineResult, RefineStep
+
+
+def _dim_as_background(kinds: np.ndarray, which: list[int]) -> np.ndarray:
+    """Scribbles saying: these dim disks are background; one bright disk is a nucleus."""
+    scribbles = np.zeros(kinds.shape, dtype=np.int32)
+    scribble_disks(scribbles, kinds, 2, which, value=1)
+    scribble_disks(scribbles, kinds, 1, [0], value=2)
+    return scribbles
+
+
+def _run(gen):
+    steps = []
+    while True:
+        try:
+            steps.append(next(gen))
+        except StopIteration as stop:
+            return steps, stop.value
+
+
+# --------------------------------------------------------------------------- basics
+def test_prediction_is_almost_right(model2, scene, config):
+    image, kinds = scene
+    session = RefineSession(model2, image, config)
+    pred = session.predict()
+    assert pred.shape == image.shape and pred.dtype == np.int32
+    assert fraction(pred, kinds == 1, 1) > 0.95
+    assert fraction(pred, kinds == 0, 0) > 0.95
+    assert session.prediction.flags.writeable is False
+    assert pred.flags.writeable
+
+
+def test_refine_fixes_scribbled_and_similar_unscribbled_errors(model2, scene, config):
+    image, kinds = scene
+    session = RefineSession(model2, image, config)
+    before = session.predict()
+    dim_labels, n_dim = disk_labels(kinds, 2)
+    assert n_dim == 4
+    assert fraction(before, kinds == 2, 1) > 0.5  # the network calls dim disks nuclei
+
+    result = session.run(_dim_as_background(kinds, [0, 1]))
+
+    assert isinstance(result, RefineResult)
+    assert result.converged and result.violations == 0 and result.iterations > 0
+    after = session.predict()
+    np.testing.assert_array_equal(after, result.prediction)
+    unscribbled_dim = np.isin(dim_labels, [3, 4])
+    assert fraction(after, unscribbled_dim, 0) > 0.9  # shared head fixed them too
+    assert fraction(after, kinds == 1, 1) > 0.85  # bright disks stay nuclei
+
+
+def test_step_records(model2, scene, config):
+    image, kinds = scene
+    session = RefineSession(model2, image, config.replace(preview_every=2))
+    steps, result = _run(session.refine(_dim_as_background(kinds, [0, 1])))
+    assert all(isinstance(s, RefineStep) for s in steps)
+    assert steps[-1].finished and not any(s.finished for s in steps[:-1])
+    training = steps[:-1]
+    assert [s.iteration for s in training] == list(range(1, len(training) + 1))
+    for s in training:
+        assert isinstance(s.loss, float) and np.isfinite(s.loss)
+        assert s.n_scribbled == result.n_scribbled
+        if s.iteration % 2 == 0:
+            assert isinstance(s.prediction, np.ndarray) and s.prediction.shape == image.shape
+        else:
+            assert s.prediction is None
+    assert isinstance(steps[-1].prediction, np.ndarray)
+    assert steps[-1].violations == 0 and steps[-1].fraction_correct == 1.0
+    assert result.iterations == len(training)
+
+
+def test_correct_scribbles_take_zero_steps(model2, scene, config):
+    image, kinds = scene
+    session = RefineSession(model2, image, config)
+    scribbles = np.zeros(kinds.shape, dtype=np.int32)
+    scribble_disks(scribbles, kinds, 1, [0, 1], value=2)
+    scribbles[:3, :3] = 1
+    before = session.predict()
+    result = session.run(scribbles)
+    assert result.iterations == 0 and result.converged
+    assert not session.can_undo
+    np.testing.assert_array_equal(session.predict(), before)
+
+
+def test_empty_scribbles_are_a_no_op(model2, scene, config):
+    image, _ = scene
+    session = RefineSession(model2, image, config)
+    before = session.predict()
+    with pytest.warns(UserWarning, match="[Nn]o scribbles"):
+        gen = session.refine(np.zeros(image.shape, dtype=np.int32))
+    steps, result = _run(gen)
+    assert result.iterations == 0 and result.stop_reason == "no_scribbles"
+    assert "nothing" in result.message.lower()
+    assert len(steps) == 1 and steps[0].finished
+    np.testing.assert_array_equal(result.prediction, before)
+    assert not session.can_undo
+
+
+def test_stop_fraction_allows_some_violations(model2, scene, config):
+    image, kinds = scene
+    session = RefineSession(model2, image, config.replace(stop_fraction=0.5))
+    result = session.run(_dim_as_background(kinds, [0, 1, 2, 3]))
+    assert result.converged
+    assert result.violations <= 0.5 * result.n_scribbled
+
+
+def test_max_iterations_bounds_the_loop(model2, scene, config):
+    image, kinds = scene
+    session = RefineSession(model2, image, config.replace(max_iterations=2, learning_rate=1e-4))
+    result = session.run(_dim_as_background(kinds, [0, 1]))
+    assert result.iterations == 2 and result.stop_reason == "max_iterations"
+
+
+# --------------------------------------------------------------------------- loss details
+def test_proximity_gradient_is_finite_where_weights_equal_anchor():
+    p = torch.nn.Parameter(torch.ones(3, 2))
+    anchor = {"w": torch.ones(3, 2)}
+    value = proximity([("w", p)], anchor)
+    value.backward()
+    assert torch.isfinite(p.grad).all()
+    assert float(value) < 1e-6
+
+
+def test_first_step_has_finite_gradients_with_large_proximity(model2, scene, config):
+    image, kinds = scene
+    session = RefineSession(model2, image, config.replace(proximity_weight=10.0, max_iterations=1))
+    result = session.run(_dim_as_background(kinds, [0]))
+    assert np.isfinite(result.loss)
+    for p in session.model.head_module.parameters():
+        assert torch.isfinite(p).all()
+
+
+def test_scribble_zero_is_ignored_not_background(model2, scene, config):
+    """Only scribbled pixels count: scribbling nucleus alone cannot push others to background."""
+    image, kinds = scene
+    session = RefineSession(model2, image, config)
+    scribbles = np.zeros(kinds.shape, dtype=np.int32)
+    scribble_disks(scribbles, kinds, 2, [0], value=2)  # dim disk -> nucleus (already mostly)
+    result = session.run(scribbles)
+    assert result.n_scribbled == int((scribbles > 0).sum())
+    assert fraction(session.predict(), kinds == 1, 1) > 0.95
+
+
+# --------------------------------------------------------------------------- frozen parts
+def test_trunk_and_batchnorm_stay_frozen(model2, scene, config):
+    image, kinds = scene
+    session = RefineSession(model2, image, config)
+    net = session.model.network
+    head_ids = {id(p) for p in session.model.head_module.parameters()}
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    session.run(_dim_as_background(kinds, [0, 1]))
+    assert not net.training
+    assert all(not m.training for m in net.modules())
+    after = net.state_dict()
+    named = dict(net.named_parameters())
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed, "the head should have changed"
+    for key in changed:
+        assert key in named and id(named[key]) in head_ids, key
+    for key in before:
+        if "running_" in key:
+            assert torch.equal(before[key], after[key])
+    assert all(not p.requires_grad for p in net.parameters())
+
+
+def test_session_does_not_modify_callers_model(model2, scene, config):
+    image, kinds = scene
+    before = {k: v.clone() for k, v in model2.network.state_dict().items()}
+    RefineSession(model2, image, config).run(_dim_as_background(kinds, [0, 1]))
+    for k, v in model2.network.state_dict().items():
+        assert torch.equal(before[k], v)
+
+
+# --------------------------------------------------------------------------- history
+def test_undo_redo_reset_are_exact(model2, scene, config):
+    image, kinds = scene
+    session = RefineSession(model2, image, config)
+    p0 = session.predict()
+    session.run(_dim_as_background(kinds, [0, 1]))
+    p1 = session.predict()
+    assert not np.array_equal(p0, p1)
+    back = np.zeros(kinds.shape, dtype=np.int32)
+    scribble_disks(back, kinds, 2, [0, 1, 2, 3], value=2)  # dim disks are nuclei after all
+    assert session.run(back).iterations > 0
+    p2 = session.predict()
+    assert session.history_labels == ["pre-trained", "refine", "refine"]
+
+    assert session.undo()
+    np.testing.assert_array_equal(session.predict(), p1)
+    assert session.undo()
+    np.testing.assert_array_equal(session.predict(), p0)
+    assert not session.undo()
+    assert session.redo()
+    np.testing.assert_array_equal(session.predict(), p1)
+    assert session.redo()
+    np.testing.assert_array_equal(session.predict(), p2)
+    assert not session.redo()
+
+    assert session.reset()
+    np.testing.assert_array_equal(session.predict(), p0)
+    assert not session.reset()  # already pre-trained
+    assert session.undo()  # reset is undoable
+    np.testing.assert_array_equal(session.predict(), p2)
+
+
+def test_reset_restores_pretrained_weights_bit_for_bit(model2, scene, config):
+    image, kinds = scene
+    session = RefineSession(model2, image, config)
+    original = {k: v.clone() for k, v in session.model.head_state()["weights"].items()}
+    session.run(_dim_as_background(kinds, [0, 1]))
+    session.reset()
+    for k, v in session.model.head_state()["weights"].items():
+        assert torch.equal(v, original[k])
+
+
+def test_new_refinement_clears_redo(model2, scene, config):
+    image, kinds = scene
+    session = RefineSession(model2, image, config)
+    session.run(_dim_as_background(kinds, [0, 1]))
+    session.undo()
+    assert session.can_redo
+    session.run(_dim_as_background(kinds, [2, 3]))
+    assert not session.can_redo
+
+
+def test_cancel_keeps_weights_and_undo_restores(model2, scene, config):
+    image, kinds = scene
+    session = RefineSession(model2, image, config.replace(learning_rate=0.01))
+    p0 = session.predict()
+    w0 = {k: v.clone() for k, v in session.model.head_state()["weights"].items()}
+    gen = session.refine(_dim_as_background(kinds, [0, 1, 2, 3]))
+    for _ in range(3):
+        step = next(gen)
+        assert not step.finished
+    gen.close()  # the GUI's Cancel
+    w1 = session.model.head_state()["weights"]
+    assert any(not torch.equal(w0[k], w1[k]) for k in w0)
+    assert session.can_undo
+    assert session.undo()
+    np.testing.assert_array_equal(session.predict(), p0)
+    assert session.redo()
+    for k, v in session.model.head_state()["weights"].items():
+        assert torch.equal(v, w1[k])
+
+
+def test_other_operation_supersedes_a_suspended_refinement(model2, scene, config):
+    image, kinds = scene
+    session = RefineSession(model2, image, config.replace(learning_rate=0.01))
+    p0 = session.predict()
+    gen = session.refine(_dim_as_background(kinds, [0, 1, 2, 3]))
+    next(gen)
+    session.undo()
+    steps, result = _run(gen)
+    assert result.stop_reason == "superseded"
+    assert len(steps) == 1 and steps[0].finished
+    np.testing.assert_array_equal(session.predict(), p0)
+
+
+# --------------------------------------------------------------------------- classes
+def test_multiclass_in_one_pass(model3, scene, config):
+    image, kinds = scene
+    session = RefineSession(model3, image, config)
+    scribbles = np.zeros(kinds.shape, dtype=np.int32)
+    scribbles[:4, :20] = 1
+    scribble_disks(scribbles, kinds, 1, [0, 1], value=2)
+    scribble_disks(scribbles, kinds, 2, [0, 1], value=3)
+    result = session.run(scribbles)
+    assert result.converged and result.violations == 0
+    pred = session.predict()
+    assert set(np.unique(pred[scribbles > 0])) == {0, 1, 2}
+
+
+def test_insert_class_absent_from_first_prediction(model3, scene, config):
+    image, kinds = scene
+    session = RefineSession(model3, image, config)
+    assert not (session.predict() == 2).any()
+    scribbles = np.zeros(kinds.shape, dtype=np.int32)
+    scribble_disks(scribbles, kinds, 2, [0, 1], value=3)  # dim disks are "other"
+    scribble_disks(scribbles, kinds, 1, [0], value=2)
+    result = session.run(scribbles)
+    assert result.converged
+    pred = session.predict()
+    dim_labels, _ = disk_labels(kinds, 2)
+    assert fraction(pred, dim_labels == 1, 2) > 0.9
+    assert fraction(pred, np.isin(dim_labels, [3, 4]), 2) > 0.8  # unscribbled ones too
+    assert fraction(pred, kinds == 1, 1) > 0.9
+
+
+def test_add_class_then_refine_and_undo_across_it(model2, scene, config):
+    image, kinds = scene
+    session = RefineSession(model2, image, config)
+    p0 = session.predict()
+    index = session.add_class("dim nucleus", init_from=1)
+    assert index == 2 and session.class_names == ["background", "nucleus", "dim nucleus"]
+    np.testing.assert_array_equal(session.predict(), p0)  # a copied channel changes nothing
+    scribbles = np.zeros(kinds.shape, dtype=np.int32)
+    scribble_disks(scribbles, kinds, 2, [0, 1], value=index + 1)
+    scribble_disks(scribbles, kinds, 1, [0], value=2)
+    result = session.run(scribbles)
+    assert result.converged
+    p2 = session.predict()
+    dim_labels, _ = disk_labels(kinds, 2)
+    assert fraction(p2, np.isin(dim_labels, [3, 4]), 2) > 0.8
+
+    assert session.undo()  # back to just after add_class
+    assert session.n_classes == 3
+    np.testing.assert_array_equal(session.predict(), p0)
+    assert session.undo()  # back to the 2-class pre-trained head
+    assert session.class_names == ["background", "nucleus"]
+    np.testing.assert_array_equal(session.predict(), p0)
+    assert session.model.network.final.weight.shape[0] == 2
+    with pytest.raises(ValueError, match="classes"):
+        session.refine(scribbles)  # value 3 is unknown again
+    assert session.redo() and session.redo()
+    np.testing.assert_array_equal(session.predict(), p2)
+    session.reset()
+    assert session.n_classes == 2
+    np.testing.assert_array_equal(session.predict(), p0)
+
+
+def test_add_class_rejects_bad_arguments(model2, scene, config):
+    session = RefineSession(model2, scene[0], config)
+    with pytest.raises(ValueError, match="already exists"):
+        session.add_class("nucleus", 1)
+    with pytest.raises(ValueError, match="init_from"):
+        session.add_class("x", 5)
+    assert session.n_classes == 2 and not session.can_undo
+
+
+# --------------------------------------------------------------------------- devices, seeds
+def test_device_is_exposed(model2, scene, config):
+    session = RefineSession(model2, scene[0], config)
+    assert session.device == torch.device("cpu")
+    assert "cpu" in session.device_reason.lower()
+    auto = RefineSession(model2, scene[0], config.replace(device="auto"))
+    assert isinstance(auto.device_reason, str) and auto.device_reason.startswith("auto")
+
+
+def test_unknown_device_is_rejected(model2, scene, config):
+    with pytest.raises(ValueError, match="device"):
+        RefineSession(model2, scene[0], config.replace(device="tpu7"))
+
+
+def test_same_seed_same_predictions(unet2, scene, config):
+    image, kinds = scene
+    results = []
+    for _ in range(2):
+        model = TorchModuleModel(copy.deepcopy(unet2), ["background", "nucleus"], size_multiple=2)
+        session = RefineSession(model, image, config.replace(seed=3))
+        session.run(_dim_as_background(kinds, [0, 1]))
+        results.append((session.predict(), session.model.head_state()["weights"]))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    for k, v in results[0][1].items():
+        assert torch.equal(v, results[1][1][k])
+
+
+# --------------------------------------------------------------------------- geometry
+def test_stack_scribbles_on_one_slice_fix_another(model2, config):
+    rng = np.random.default_rng(11)
+    first, kinds0 = disks_scene(rng, size=80, n_bright=3, n_dim=3)
+    middle, _ = disks_scene(rng, size=80, n_bright=4, n_dim=0)
+    last, kinds2 = disks_scene(rng, size=80, n_bright=3, n_dim=3)
+    stack = np.stack([first, middle, last])
+    session = RefineSession(model2, stack, config, rgb=False)
+    assert session.image_info.is_3d
+    assert next(iter(session.features.values())).shape[0] == 3
+    before = session.predict()
+    assert before.shape == stack.shape
+    assert fraction(before[2], kinds2 == 2, 1) > 0.5
+    scribbles = np.zeros(stack.shape, dtype=np.int32)
+    scribble_disks(scribbles[0], kinds0, 2, [0, 1, 2], value=1)
+    scribble_disks(scribbles[0], kinds0, 1, [0], value=2)
+    result = session.run(scribbles)
+    assert result.converged
+    after = session.predict()
+    assert fraction(after[2], kinds2 == 2, 0) > 0.8  # slice 2 never scribbled
+    assert fraction(after[2], kinds2 == 1, 1) > 0.9
+
+
+def test_tiled_trunk_equals_untiled(model2, config):
+    image, _ = disks_scene(np.random.default_rng(3), size=100, n_bright=6, n_dim=2)
+    whole = RefineSession(model2, image, config)
+    tiled = RefineSession(model2, image, config, tile_size=32, tile_halo=16)
+    for key, value in whole.features.items():
+        torch.testing.assert_close(tiled.features[key], value, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(tiled.predict(), whole.predict())
+
+
+def test_spatial_head_trains_on_crops_with_the_same_loss(unet2, scene, config):
+    image, kinds = scene
+    model = TorchModuleModel(
+        unet2, ["background", "nucleus"], head=["dec", "final"], size_multiple=2
+    )
+    assert model.trunk_is_cached and not model.head_is_pointwise and model.head_halo >= 1
+    from napari_scribble_refine.core.refine_loop import build_batches, scribble_targets
+
+    session = RefineSession(model, image, config)
+    scribbles = _dim_as_background(kinds, [0, 1])
+    targets = scribble_targets(scribbles)[None]
+    batches = build_batches(session.model, session.features, targets)
+    assert all(b.features["trunk"].shape[-1] <= 128 + 2 * model.head_halo for b in batches)
+    with torch.no_grad():
+        crop_sum = sum(
+            float(
+                torch.nn.functional.cross_entropy(
+                    session.model.head(b.features), b.target, ignore_index=-1, reduction="sum"
+                )
+            )
+            for b in batches
+        )
+        full = session.model.head(session.features)
+        full_sum = float(
+            torch.nn.functional.cross_entropy(
+                full, torch.as_tensor(targets), ignore_index=-1, reduction="sum"
+            )
+        )
+    assert crop_sum == pytest.approx(full_sum, rel=1e-5)
+    result = session.run(scribbles)
+    assert result.converged
+
+
+def test_opaque_model_refines_with_full_forward(unet2, scene, config):
+    image, kinds = scene
+    model = TorchModuleModel(
+        unet2, ["background", "nucleus"], head=["up", "final"], size_multiple=2
+    )
+    assert not model.trunk_is_cached  # the skip connection enters the head
+    session = RefineSession(model, image, config)
+    assert set(session.features) == {"input"}
+    trunk_before = session.model.network.enc1[0].weight.clone()
+    result = session.run(_dim_as_background(kinds, [0, 1]))
+    assert result.converged
+    assert torch.equal(session.model.network.enc1[0].weight, trunk_before)
+    session.undo()
+    np.testing.assert_array_equal(session.predict(), RefineSession(model, image, config).predict())
+
+
+def test_rgb_image(unet2, config):
+    gray, kinds = disks_scene(np.random.default_rng(2), size=64, n_bright=3)
+    rgb = np.repeat(gray[..., None], 3, axis=-1)
+    model = TorchModuleModel(unet2, ["background", "nucleus"], size_multiple=2)
+    session = RefineSession(model, rgb, config, rgb=True)
+    assert session.spatial_shape == (64, 64)
+    assert fraction(session.predict(), kinds == 1, 1) > 0.9
+
+
+# --------------------------------------------------------------------------- inputs
+def test_inputs_are_never_modified(model2, scene, config):
+    image, kinds = scene
+    image = image.copy()
+    image.setflags(write=False)
+    scribbles = _dim_as_background(kinds, [0, 1])
+    scribbles.setflags(write=False)
+    image_copy, scribbles_copy = image.copy(), scribbles.copy()
+    session = RefineSession(model2, image, config.replace(region_growing=True))
+    result = session.run(scribbles)
+    np.testing.assert_array_equal(image, image_copy)
+    np.testing.assert_array_equal(scribbles, scribbles_copy)
+    assert result.grown_scribbles is not None
+    assert result.n_scribbled >= int((scribbles > 0).sum())
+
+
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        (np.full((32, 32), np.nan, dtype=np.float32), "NaN"),
+        (np.where(np.eye(32) > 0, np.inf, 0.5).astype(np.float32), "infinite"),
+        (np.full((32, 32), 0.3, dtype=np.float32), "constant"),
+        (np.zeros((2, 3, 32, 32), dtype=np.float32), "4D|dimensions"),
+    ],
+)
+def test_bad_images_are_rejected(model2, config, bad, match):
+    with pytest.raises(ValueError, match=match):
+        RefineSession(model2, bad, config)
+
+
+def test_bad_scribbles_are_rejected(model2, scene, config):
+    image, _ = scene
+    session = RefineSession(model2, image, config)
+    with pytest.raises(ValueError, match="shape"):
+        session.refine(np.zeros((10, 10), dtype=np.int32))
+    too_high = np.zeros(image.shape, dtype=np.int32)
+    too_high[0, 0] = 5
+    with pytest.raises(ValueError, match="classes"):
+        session.refine(too_high)
+    assert not session.can_undo
+
+
+def test_no_torch_warnings_during_refine(model2, scene, config):
+    image, kinds = scene
+    session = RefineSession(model2, image, config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        session.run(_dim_as_background(kinds, [0]))
+
+
+# --------------------------------------------------------------------------- instances
+def test_instances_use_the_adapters_own_postprocessing(model2, scene, config):
+    image, _ = scene
+    session = RefineSession(model2, image, config)
+
+    def own(class_map, logits, features):
+        assert logits.shape[1] == 2 and "trunk" in features
+        return (class_map > 0).astype(np.int32) * 7
+
+    session.model.instances = own
+    labels, classes = session.instances()
+    assert labels.shape == image.shape and set(np.unique(labels)) <= {0, 7}
+    assert classes == {7: 1}
+
+
+def test_instances_fall_back_to_generic_postprocessing(model2, scene, config):
+    pytest.importorskip("napari_scribble_refine.core.postprocess")
+    image, kinds = scene
+    session = RefineSession(model2, image, config)
+    labels, classes = session.instances()
+    assert labels.shape == image.shape
+    assert labels.max() >= 5  # at least the bright disks are separate instances
+    assert set(classes.values()) <= {0, 1}
+
+
+def test_config_argument_overrides_for_one_run(model2, scene, config):
+    image, kinds = scene
+    session = RefineSession(model2, image, config)
+    result = session.run(
+        _dim_as_background(kinds, [0, 1]),
+        config=config.replace(max_iterations=1, learning_rate=1e-5),
+    )
+    assert result.iterations == 1
+    assert session.config.max_iterations == config.max_iterations
+
+
+def test_default_config(model2, scene):
+    session = RefineSession(model2, scene[0])
+    assert isinstance(session.config, RefineConfig)
+    assert session.class_names == ["background", "nucleus"]
+    assert CLASSES3[:2] == session.class_names
