@@ -68,7 +68,9 @@ def test_d5_scene_gives_the_official_instances():
         (613, (70.0, 65.0), ((56, 51), (85, 80)), 3, 0.4323),
         (113, (72.0, 20.0), ((66, 14), (79, 27)), 4, 1.0),
     ]
-    for (iid, entry), (area, centroid, bbox, typ, prob_t) in zip(sorted(info.items()), table):
+    for (_, entry), (area, centroid, bbox, typ, prob_t) in zip(
+        sorted(info.items()), table, strict=True
+    ):
         assert entry["area"] == area
         assert entry["centroid"] == pytest.approx(centroid, abs=1e-4)
         assert entry["bbox"] == bbox
@@ -76,7 +78,7 @@ def test_d5_scene_gives_the_official_instances():
         assert entry["type_prob"] == pytest.approx(prob_t, abs=1e-4)
     # A and B are split exactly along the ownership boundary; E (9 px) is removed
     ids = sorted(info)
-    for iid, disk in zip(ids, [0, 1, 2, 3]):
+    for iid, disk in zip(ids, [0, 1, 2, 3], strict=True):
         assert np.array_equal(labels == iid, owner == disk)
     assert not labels[owner == 4].any()
 

@@ -138,7 +138,7 @@ def hv_instances(
 
 
 def instance_type(types: np.ndarray) -> tuple[int, float]:
-    """The official per-instance type rule (reference d.4).
+    """Choose an instance's type by the official rule (reference d.4).
 
     The most frequent type id wins; when that is 0 (background) and another id occurs, the
     second most frequent is taken. Ties go to the smaller id.
@@ -156,7 +156,9 @@ def instance_type(types: np.ndarray) -> tuple[int, float]:
         Its pixel count / (instance pixel count + 1e-6).
     """
     ids, counts = np.unique(np.asarray(types).ravel(), return_counts=True)
-    order = sorted(zip(ids.tolist(), counts.tolist()), key=lambda t: t[1], reverse=True)
+    order = sorted(
+        zip(ids.tolist(), counts.tolist(), strict=True), key=lambda t: t[1], reverse=True
+    )
     chosen = order[0][0]
     if chosen == 0 and len(order) > 1:
         chosen = order[1][0]

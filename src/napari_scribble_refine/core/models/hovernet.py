@@ -14,7 +14,6 @@ The same code builds the small CPU models shipped with this plugin: a
 from __future__ import annotations
 
 import json
-import math
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -75,6 +74,9 @@ class HoVerNetConfig:
         Decoder kernel size k; None means 5 for ``original`` and 3 for ``fast``.
     input_scale : float
         ``forward`` divides its input by this (255 for the official 0-255 RGB input).
+    np_channels : int
+        Output channels of the ``np`` branch: 2 (background, nucleus) for every published
+        model; more after a class was added to an untyped model.
     """
 
     mode: str = "fast"
@@ -93,6 +95,7 @@ class HoVerNetConfig:
     dense_groups: int = 4
     kernel_size: int | None = None
     input_scale: float = 255.0
+    np_channels: int = 2
 
     def __post_init__(self) -> None:
         for name in ("block_mid", "block_out", "block_units", "decoder_channels", "dense_units"):
@@ -104,14 +107,17 @@ class HoVerNetConfig:
             problems.append(f"padding must be one of {_PADDINGS}, got {self.padding!r}")
         if self.nr_types is not None and self.nr_types < 2:
             problems.append(f"nr_types must be None or >= 2, got {self.nr_types!r}")
+        if self.np_channels < 2:
+            problems.append(f"np_channels must be >= 2, got {self.np_channels!r}")
         if self.in_channels < 1:
             problems.append(f"in_channels must be >= 1, got {self.in_channels!r}")
         for name in ("block_mid", "block_out", "block_units"):
             if len(getattr(self, name)) != 4:
                 problems.append(f"{name} needs 4 values (d0..d3), got {getattr(self, name)}")
         if len(self.decoder_channels) != 3:
-            problems.append(f"decoder_channels needs 3 values (u3, u2, u1), got "
-                            f"{self.decoder_channels}")
+            problems.append(
+                f"decoder_channels needs 3 values (u3, u2, u1), got {self.decoder_channels}"
+            )
         if len(self.dense_units) != 2:
             problems.append(f"dense_units needs 2 values (u3, u2), got {self.dense_units}")
         if self.dense_bottleneck % self.dense_groups or self.dense_growth % self.dense_groups:
@@ -124,7 +130,7 @@ class HoVerNetConfig:
     # ----------------------------------------------------------------- presets
     @classmethod
     def official(cls, mode: str = "fast", nr_types: int | None = None) -> HoVerNetConfig:
-        """The exact published architecture (``vqdang/hover_net``).
+        """Build the exact published architecture (``vqdang/hover_net``).
 
         Parameters
         ----------
@@ -142,7 +148,7 @@ class HoVerNetConfig:
 
     @classmethod
     def small(cls, nr_types: int | None = None, in_channels: int = 1) -> HoVerNetConfig:
-        """The plugin's small CPU configuration (about 1 M parameters).
+        """Build the plugin's small CPU configuration (about 1 M parameters).
 
         Same-padded, so the outputs align with the input pixel for pixel.
 
@@ -236,7 +242,7 @@ class HoVerNetConfig:
         return d0 + stem
 
     def size_rule(self) -> str:
-        """The valid-input-size rule in words.
+        """Describe the valid-input-size rule in words.
 
         Returns
         -------
@@ -263,7 +269,7 @@ class HoVerNetConfig:
         return size >= self.min_size and size % 8 == self.size_residue
 
     def valid_size_at_least(self, size: int) -> int:
-        """The smallest valid input size >= ``size``.
+        """Round ``size`` up to the smallest valid input size.
 
         Parameters
         ----------
@@ -331,8 +337,9 @@ class HoVerNetConfig:
         names = {f.name for f in fields(cls)}
         unknown = set(values) - names
         if unknown:
-            raise ValueError(f"Unknown HoVerNetConfig field(s) {sorted(unknown)}; "
-                             f"valid: {sorted(names)}")
+            raise ValueError(
+                f"Unknown HoVerNetConfig field(s) {sorted(unknown)}; valid: {sorted(names)}"
+            )
         return cls(**values)
 
 
@@ -370,6 +377,7 @@ class TFSamePad2d(nn.Module):
         return F.pad(x, (before, after, before, after))
 
     def extra_repr(self) -> str:
+        """Describe the padding rule in the module's repr."""
         return f"kernel_size={self.kernel_size}, stride={self.stride}"
 
 
@@ -387,7 +395,7 @@ class _Upsample2x(nn.Module):
 def _same_conv(
     name: str, in_ch: int, out_ch: int, k: int, stride: int = 1, groups: int = 1
 ) -> list[tuple[str, nn.Module]]:
-    """A bias-free conv with TF-"same" zero padding, as ``(name, module)`` children.
+    """Build a bias-free conv with TF-"same" zero padding, as ``(name, module)`` children.
 
     For stride 1 (odd k) the TF rule is symmetric padding k // 2, which the convolution does
     itself (bit-identical, and faster than a separate pad). Stride 2 needs the asymmetric
@@ -451,7 +459,13 @@ class _DenseBlock(nn.Module):
     """Dense block of the decoder: each unit's new features are appended after the old."""
 
     def __init__(
-        self, in_ch: int, n_units: int, k: int, bottleneck: int, growth: int, groups: int,
+        self,
+        in_ch: int,
+        n_units: int,
+        k: int,
+        bottleneck: int,
+        growth: int,
+        groups: int,
         same: bool,
     ) -> None:
         super().__init__()
@@ -468,8 +482,9 @@ class _DenseBlock(nn.Module):
             if same:
                 layers += _same_conv("conv2", bottleneck, growth, k, groups=groups)
             else:
-                layers.append(("conv2", nn.Conv2d(bottleneck, growth, k, groups=groups,
-                                                  bias=False)))
+                layers.append(
+                    ("conv2", nn.Conv2d(bottleneck, growth, k, groups=groups, bias=False))
+                )
             units.append(nn.Sequential(OrderedDict(layers)))
         self.units = nn.ModuleList(units)
         out_ch = in_ch + growth * n_units
@@ -494,27 +509,42 @@ def _decoder_branch(config: HoVerNetConfig, out_ch: int) -> nn.Sequential:
         return [("conva", nn.Conv2d(in_ch, out, k, bias=False))]
 
     dense_args = dict(
-        k=k, bottleneck=config.dense_bottleneck, growth=config.dense_growth,
-        groups=config.dense_groups, same=same,
+        k=k,
+        bottleneck=config.dense_bottleneck,
+        growth=config.dense_growth,
+        groups=config.dense_groups,
+        same=same,
     )
     dense3 = _DenseBlock(c3, config.dense_units[0], **dense_args)
-    u3 = nn.Sequential(OrderedDict([
-        *conva(config.block_out[2], c3),
-        ("dense", dense3),
-        ("convf", nn.Conv2d(dense3.out_channels, config.block_out[1], 1, bias=False)),
-    ]))
+    u3 = nn.Sequential(
+        OrderedDict(
+            [
+                *conva(config.block_out[2], c3),
+                ("dense", dense3),
+                ("convf", nn.Conv2d(dense3.out_channels, config.block_out[1], 1, bias=False)),
+            ]
+        )
+    )
     dense2 = _DenseBlock(c2, config.dense_units[1], **dense_args)
-    u2 = nn.Sequential(OrderedDict([
-        *conva(config.block_out[1], c2),
-        ("dense", dense2),
-        ("convf", nn.Conv2d(dense2.out_channels, config.block_out[0], 1, bias=False)),
-    ]))
+    u2 = nn.Sequential(
+        OrderedDict(
+            [
+                *conva(config.block_out[1], c2),
+                ("dense", dense2),
+                ("convf", nn.Conv2d(dense2.out_channels, config.block_out[0], 1, bias=False)),
+            ]
+        )
+    )
     u1 = nn.Sequential(OrderedDict(_same_conv("conva", config.block_out[0], c1, k)))
-    u0 = nn.Sequential(OrderedDict([
-        ("bn", _bn(c1)),
-        ("relu", nn.ReLU()),
-        ("conv", nn.Conv2d(c1, out_ch, 1, bias=True)),
-    ]))
+    u0 = nn.Sequential(
+        OrderedDict(
+            [
+                ("bn", _bn(c1)),
+                ("relu", nn.ReLU()),
+                ("conv", nn.Conv2d(c1, out_ch, 1, bias=True)),
+            ]
+        )
+    )
     return nn.Sequential(OrderedDict([("u3", u3), ("u2", u2), ("u1", u1), ("u0", u0)]))
 
 
@@ -552,8 +582,12 @@ class HoVerNet(nn.Module):
         c = config
         stem_pad = c.stem_kernel // 2 if c.stem_padded else 0
         stem: list[tuple[str, nn.Module]] = [
-            ("/", nn.Conv2d(c.in_channels, c.stem_channels, c.stem_kernel, padding=stem_pad,
-                            bias=False)),
+            (
+                "/",
+                nn.Conv2d(
+                    c.in_channels, c.stem_channels, c.stem_kernel, padding=stem_pad, bias=False
+                ),
+            ),
             ("bn", _bn(c.stem_channels)),
             ("relu", nn.ReLU()),
         ]
@@ -561,11 +595,12 @@ class HoVerNet(nn.Module):
         ins = (c.stem_channels, *c.block_out[:3])
         strides = (1, 2, 2, 2)
         for i in range(4):
-            block = _ResidualBlock(ins[i], c.block_mid[i], c.block_out[i], c.block_units[i],
-                                   strides[i])
+            block = _ResidualBlock(
+                ins[i], c.block_mid[i], c.block_out[i], c.block_units[i], strides[i]
+            )
             self.add_module(f"d{i}", block)
         self.conv_bot = nn.Conv2d(c.block_out[3], c.block_out[2], 1, bias=False)
-        out_channels = {"tp": c.nr_types, "np": 2, "hv": 2}
+        out_channels = {"tp": c.nr_types, "np": c.np_channels, "hv": 2}
         self.decoder = nn.ModuleDict(
             OrderedDict((b, _decoder_branch(c, out_channels[b])) for b in c.branches)
         )
@@ -609,8 +644,7 @@ class HoVerNet(nn.Module):
         if not (c.is_valid_size(height) and c.is_valid_size(width)):
             kind = c.mode if c.padding == "valid" else f"{c.mode}/same-padded"
             raise ValueError(
-                f"HoVer-Net ({kind} mode) cannot take a {height}x{width} input: "
-                f"{c.size_rule()}."
+                f"HoVer-Net ({kind} mode) cannot take a {height}x{width} input: {c.size_rule()}."
             )
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -683,7 +717,7 @@ class HoVerNet(nn.Module):
 
 
 def count_parameters(model: nn.Module) -> int:
-    """Number of parameter elements of ``model``.
+    """Count the parameter elements of ``model``.
 
     Parameters
     ----------
@@ -696,4 +730,3 @@ def count_parameters(model: nn.Module) -> int:
         Sum of ``numel`` over parameters.
     """
     return int(sum(p.numel() for p in model.parameters()))
-

@@ -37,8 +37,14 @@ __all__ = [
 _COUNTER = "num_batches_tracked"
 _FORMAT = "napari-scribble-refine/hovernet"
 _FORMAT_VERSION = "1"
-_RESERVED_METADATA = ("format", "format_version", "config", "class_names", "in_channels",
-                      "normalisation")
+_RESERVED_METADATA = (
+    "format",
+    "format_version",
+    "config",
+    "class_names",
+    "in_channels",
+    "normalisation",
+)
 _SHOW = 10
 
 INFER = "infer"
@@ -59,7 +65,8 @@ class LoadedHoVerNet:
         Class names stored with the weights (None for official files, which carry none).
     normalisation : dict
         How images are mapped to the network's input (see
-        :func:`napari_scribble_refine.core.models.hovernet_adapter.prepare_image`).
+        :func:`napari_scribble_refine.core.models.hovernet_adapter.prepare_image`);
+        ``{"kind": "uint8"}`` (RGB 0-255) for official files.
     metadata : dict of str to str
         Every other metadata entry of the file (or, for official files, a description of
         the container).
@@ -117,12 +124,15 @@ def normalise_hovernet_state_dict(obj: Any) -> tuple[dict[str, torch.Tensor], di
         )
     not_tensors = [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if not_tensors:
-        raise ValueError("expected a state dict of tensors; "
-                         + _listing(not_tensors, "entries are not tensors"))
+        raise ValueError(
+            "expected a state dict of tensors; " + _listing(not_tensors, "entries are not tensors")
+        )
     keys = [str(k) for k in obj]
     strip = bool(keys) and all(k.split(".", 1)[0] == "module" for k in keys)
     notes["prefix_stripped"] = "module." if strip else ""
-    state = {(k.split(".", 1)[1] if strip else k): v for k, v in zip(keys, obj.values())}
+    state = {
+        (k.split(".", 1)[1] if strip else k): v for k, v in zip(keys, obj.values(), strict=True)
+    }
     n_counters = sum(k.endswith(_COUNTER) for k in state)
     notes["counters"] = "present" if n_counters else "absent"
     return dict(state), notes
@@ -187,8 +197,10 @@ def _check_against(
     branches = sorted({k.split(".")[1] for k in state_dict if k.startswith("decoder.")})
     extra = [b for b in branches if b not in ("tp", "np", "hv")]
     if extra:
-        problems.append(f"decoder branches other than tp/np/hv: {extra} (HoVer-Net+ has 'ls'; "
-                        "it is a different model)")
+        problems.append(
+            f"decoder branches other than tp/np/hv: {extra} (HoVer-Net+ has 'ls'; "
+            "it is a different model)"
+        )
     if missing:
         problems.append(_listing(missing, "missing keys"))
     if unexpected:
@@ -210,8 +222,15 @@ def _torch_load(path: Path) -> Any:
             f"{path}: refused to load objects other than tensors and plain containers "
             f"(torch.load with weights_only=True): {err}"
         ) from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError,
-            AttributeError, TypeError) as err:
+    except (
+        RuntimeError,
+        EOFError,
+        zipfile.BadZipFile,
+        OSError,
+        ValueError,
+        AttributeError,
+        TypeError,
+    ) as err:
         if isinstance(err, FileNotFoundError):
             raise
         raise ValueError(
@@ -284,7 +303,10 @@ def load_hovernet_checkpoint(
     notes["nr_types"] = str(config.nr_types)
     notes["source"] = str(path)
     return LoadedHoVerNet(
-        model=model, config=config, class_names=None, normalisation={"kind": "none"},
+        model=model,
+        config=config,
+        class_names=None,
+        normalisation={"kind": "uint8"},
         metadata=notes,
     )
 
@@ -402,5 +424,10 @@ def load_hovernet_safetensors(path: str | Path) -> LoadedHoVerNet:
     model.load_state_dict(tensors, strict=True)
     model.eval()
     extra = {k: v for k, v in header.items() if k not in _RESERVED_METADATA}
-    return LoadedHoVerNet(model=model, config=config, class_names=class_names,
-                          normalisation=normalisation, metadata=extra)
+    return LoadedHoVerNet(
+        model=model,
+        config=config,
+        class_names=class_names,
+        normalisation=normalisation,
+        metadata=extra,
+    )

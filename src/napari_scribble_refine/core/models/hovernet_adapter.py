@@ -1,0 +1,517 @@
+"""HoVer-Net behind the refinement protocol: trunk features, tunable NP/TP head, HV instances.
+
+Classes and logits
+    Untyped models show ``["background", "nucleus"]``; typed models show ``["background",
+    type 1, ...]`` (TP channel c <-> class c). The logits the session sees are
+    log-probabilities that combine the branches::
+
+        log p(background) = log softmax(NP)[0]
+        log p(type c)     = log softmax(NP)[1] + log softmax(TP[1:])[c - 1]
+
+    so they sum to one over classes, cross-entropy trains the NP and TP heads together, and
+    argmax gives the class map. (TP channel 0, "no label", is not used.) After a class is
+    added to an untyped model the NP branch has one more channel and the log-probabilities
+    are ``log softmax(NP)``.
+
+Head depth (``n_layers``)
+    1: ``u0.conv`` (1x1, point-wise); 2: ``u0.bn`` + ReLU + ``u0.conv`` (point-wise, BN in
+    eval mode); 3: also ``u1.conva`` (k x k, spatial, halo k // 2). The cached features are the
+    inputs of that part for the NP and TP branches (keys ``"np"``, ``"tp"``), plus the HV
+    output (``"hv"``, not tuned) for the instance post-processing.
+
+Geometry
+    Valid-padded (official) models run the official tile pipeline (reference d.2): the
+    image is reflect-padded by the output offset (46 px fast, 95 px original), windows of
+    the model's input size step by its output size, and the stitched outputs align with the
+    image pixel for pixel. Same-padded (built-in) models are padded at the bottom/right to a
+    multiple of 8 and cropped back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..hovernet_postprocess import hv_instances, instance_info
+from ._prepare import PERCENTILES, to_input_tensor
+from .base import Features, SegmentationModel
+from .hovernet import HoVerNet
+from .hovernet_checkpoint import LoadedHoVerNet
+from .module import check_new_class, grow_output_layer
+
+__all__ = ["PANNUKE_TYPES", "HoVerNetModel", "default_class_names", "prepare_image"]
+
+PANNUKE_TYPES = ("neoplastic", "inflammatory", "connective", "dead", "non-neoplastic epithelial")
+"""PanNuke type ids 1..5 (reference a.2)."""
+
+_NORMALISATION_KINDS = ("none", "uint8", "percentile", "minmax")
+
+
+def default_class_names(network: HoVerNet) -> list[str]:
+    """Class names for a network that came without any.
+
+    Parameters
+    ----------
+    network : HoVerNet
+        The network.
+
+    Returns
+    -------
+    list of str
+        ``["background", "nucleus"]`` untyped; PanNuke names for an official fast 6-type
+        model; otherwise ``["background", "type 1", ...]``.
+    """
+    c = network.config
+    if c.nr_types is None:
+        extra = [f"class {i}" for i in range(2, c.np_channels)]
+        return ["background", "nucleus", *extra]
+    if c.nr_types == 6 and c.in_channels == 3 and c.padding == "valid" and c.mode == "fast":
+        return ["background", *PANNUKE_TYPES]
+    return ["background", *(f"type {i}" for i in range(1, c.nr_types))]
+
+
+def _check_normalisation(normalisation: Mapping[str, Any] | None) -> dict[str, Any]:
+    norm = dict(normalisation or {"kind": "none"})
+    kind = norm.get("kind", "none")
+    if kind not in _NORMALISATION_KINDS:
+        raise ValueError(
+            f"unknown normalisation kind {kind!r}; expected one of {_NORMALISATION_KINDS}"
+        )
+    if kind == "percentile":
+        norm.setdefault("low", PERCENTILES[0])
+        norm.setdefault("high", PERCENTILES[1])
+    return norm
+
+
+def prepare_image(image: np.ndarray, normalisation: Mapping[str, Any] | None) -> np.ndarray:
+    """Scale an image (or stack) to a HoVer-Net's input range, as float32.
+
+    Statistics are taken over the whole array, so tiles and slices are scaled alike.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        Any real dtype and shape; not modified.
+    normalisation : mapping or None
+        ``{"kind": "none"}``: cast only. ``{"kind": "uint8"}`` (official models, which take
+        RGB 0-255): uint8 images as they are, float images with values in [0, 1] times 255,
+        anything else percentile-scaled (1, 99.8) to 0-255. ``{"kind": "percentile", "low":
+        1.0, "high": 99.8}``: those percentiles map to 0 and 1. ``{"kind": "minmax"}``: the
+        minimum and maximum map to 0 and 1.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 array of the image's shape.
+    """
+    norm = _check_normalisation(normalisation)
+    kind = norm["kind"]
+    data = np.asarray(image)
+    if kind == "none":
+        return np.array(data, dtype=np.float32, copy=True)
+    if kind == "uint8":
+        if data.dtype == np.uint8:
+            return data.astype(np.float32)
+        as_float = data.astype(np.float32)
+        if (
+            np.issubdtype(data.dtype, np.floating)
+            and as_float.size
+            and as_float.min() >= 0
+            and as_float.max() <= 1
+        ):
+            return as_float * np.float32(255)
+        return _scale(as_float, *np.percentile(as_float, PERCENTILES)) * np.float32(255)
+    as_float = data.astype(np.float32)
+    if kind == "percentile":
+        low, high = np.percentile(as_float, (float(norm["low"]), float(norm["high"])))
+    else:
+        low, high = float(as_float.min()), float(as_float.max())
+    return _scale(as_float, low, high)
+
+
+def _scale(data: np.ndarray, low: float, high: float) -> np.ndarray:
+    if high <= low:
+        low, high = float(data.min()), float(data.max())
+    scale = 1.0 / (high - low) if high > low else 1.0
+    return ((data - np.float32(low)) * np.float32(scale)).astype(np.float32, copy=False)
+
+
+class HoVerNetModel(SegmentationModel):
+    """A HoVer-Net (official checkpoint or built-in) as a refinable segmentation model.
+
+    Parameters
+    ----------
+    network : HoVerNet or LoadedHoVerNet
+        The network, or what a loader returned (its class names and normalisation are used
+        unless given here).
+    class_names : sequence of str, optional
+        Classes, index 0 = background: 2 names for untyped models (NP channels), ``nr_types``
+        names for typed models (TP channels). Default: :func:`default_class_names`.
+    normalisation : mapping, optional
+        See :func:`prepare_image`. Default: the loader's, else ``{"kind": "uint8"}`` for
+        3-channel valid-padded (official) models and ``{"kind": "percentile"}`` otherwise.
+    n_layers : {1, 2, 3}
+        Head depth (see the module docstring).
+    name : str, optional
+        Name shown to users.
+    window : int, optional
+        Input window of the official tile pipeline (valid-padded models only); default the
+        canonical patch (256 fast, 270 original). Larger windows waste less context but use
+        more memory; the value is rounded up to a valid size.
+    batch_size : int
+        Windows per forward pass.
+    channels_last : bool
+        Run the network in channels-last memory format (much faster convolutions on CPUs).
+
+    Raises
+    ------
+    ValueError
+        For class names that do not match the network's channels, an unknown normalisation
+        or ``n_layers`` outside 1-3.
+    """
+
+    def __init__(
+        self,
+        network: HoVerNet | LoadedHoVerNet,
+        class_names: Sequence[str] | None = None,
+        *,
+        normalisation: Mapping[str, Any] | None = None,
+        n_layers: int = 1,
+        name: str | None = None,
+        window: int | None = None,
+        batch_size: int = 4,
+        channels_last: bool = True,
+    ) -> None:
+        loaded_norm = None
+        if isinstance(network, LoadedHoVerNet):
+            class_names = class_names if class_names is not None else network.class_names
+            loaded_norm = network.normalisation
+            network = network.model
+        if not isinstance(network, HoVerNet):
+            raise TypeError(f"network must be a HoVerNet, got {type(network).__name__}")
+        self._net = network.eval()
+        for p in self._net.parameters():
+            p.requires_grad_(False)
+        config = network.config
+        self.name = name or "HoVer-Net"
+        self.in_channels = config.in_channels
+        names = list(class_names) if class_names is not None else default_class_names(network)
+        expected = config.nr_types if config.nr_types is not None else config.np_channels
+        if len(names) != expected:
+            what = "TP (type)" if config.nr_types is not None else "NP"
+            raise ValueError(
+                f"{self.name}: {len(names)} class names {names} for {expected} {what} channels;"
+                f" give one name per channel, background first"
+            )
+        self.class_names = [str(n) for n in names]
+        if normalisation is None:
+            normalisation = loaded_norm
+        if normalisation is None:
+            official = config.padding == "valid" and config.in_channels == 3
+            normalisation = {"kind": "uint8"} if official else {"kind": "percentile"}
+        self.normalisation = _check_normalisation(normalisation)
+        self.batch_size = max(1, int(batch_size))
+        if config.padding == "valid":
+            size = window if window is not None else (256 if config.mode == "fast" else 270)
+            self.window = config.valid_size_at_least(int(size))
+        else:
+            self.window = None
+        self.size_multiple = 8
+        self.trunk_halo = config.offset if config.padding == "valid" else 64
+        self.trunk_halo += (-self.trunk_halo) % 8
+        if channels_last:
+            self._net.to(memory_format=torch.channels_last)
+        self._channels_last = bool(channels_last)
+        self.set_n_layers(n_layers)
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def network(self) -> HoVerNet:
+        """The wrapped HoVer-Net."""
+        return self._net
+
+    @property
+    def head_module(self) -> nn.Module:
+        """``ModuleDict`` of the tuned parts of the NP (and TP) branches (shared modules)."""
+        return self._head
+
+    @property
+    def typed(self) -> bool:
+        """Whether the network has a TP branch."""
+        return self._net.config.nr_types is not None
+
+    @property
+    def n_layers(self) -> int:
+        """Current head depth."""
+        return self._n_layers
+
+    def _branches(self) -> tuple[str, ...]:
+        return ("np", "tp") if self.typed else ("np",)
+
+    def set_n_layers(self, n_layers: int) -> None:
+        """Choose the head depth (cached features must then be recomputed).
+
+        Parameters
+        ----------
+        n_layers : {1, 2, 3}
+            1: ``u0.conv``; 2: ``u0`` (BN, ReLU, conv); 3: ``u1`` + ``u0``.
+
+        Raises
+        ------
+        ValueError
+            For other values.
+        """
+        if n_layers not in (1, 2, 3):
+            raise ValueError(f"n_layers must be 1, 2 or 3 for HoVer-Net, got {n_layers!r}")
+        self._n_layers = int(n_layers)
+        parts = {}
+        for b in self._branches():
+            dec = self._net.decoder[b]
+            if n_layers == 1:
+                parts[b] = nn.Sequential(dec.u0.conv)
+            elif n_layers == 2:
+                parts[b] = nn.Sequential(dec.u0)
+            else:
+                parts[b] = nn.Sequential(dec.u1, dec.u0)
+        self._head = nn.ModuleDict(parts)
+        self.head_is_pointwise = n_layers <= 2
+        self.head_halo = 0 if n_layers <= 2 else self._net.config.k // 2
+
+    # ------------------------------------------------------------------ images
+    def normalise_image(self, image: np.ndarray) -> np.ndarray:
+        """Scale a whole image or stack to the network's input range (see :func:`prepare_image`).
+
+        Parameters
+        ----------
+        image : numpy.ndarray
+            (Y, X), (Y, X, C) or (Z, Y, X); not modified.
+
+        Returns
+        -------
+        numpy.ndarray
+            float32, same shape.
+        """
+        return prepare_image(image, self.normalisation)
+
+    def _input(self, images: Sequence[np.ndarray], normalised: bool) -> torch.Tensor:
+        tensors = []
+        for img in images:
+            scaled = img if normalised else self.normalise_image(img)
+            tensors.append(
+                to_input_tensor(
+                    np.asarray(scaled, np.float32), self.in_channels, torch.device("cpu")
+                )
+            )
+        return torch.cat(tensors)
+
+    def _branch_features(self, x: torch.Tensor) -> Features:
+        """Features of a valid network input, at the network's output resolution."""
+        net = self._net
+        if self._channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        feats = net.encode(x)
+        out: Features = {}
+        for b in net.config.branches:
+            dec = net.decoder[b]
+            y = net.decode_to_u1(b, feats)
+            if b == "hv":
+                out["hv"] = dec.u0(dec.u1(y))
+                continue
+            if b == "tp" or b == "np":
+                if self._n_layers <= 2:
+                    y = dec.u1(y)
+                if self._n_layers == 1:
+                    y = dec.u0.relu(dec.u0.bn(y))
+                out[b] = y
+        return out
+
+    def features(self, image: np.ndarray, *, normalised: bool = False) -> Features:
+        """Run the frozen trunk on one 2D image (no gradients).
+
+        Parameters
+        ----------
+        image : numpy.ndarray
+            (Y, X) or (Y, X, C); not modified.
+        normalised : bool
+            True when ``image`` has been through :meth:`normalise_image` already.
+
+        Returns
+        -------
+        Features
+            ``"np"`` (and ``"tp"``) head inputs and the ``"hv"`` output, each [1, F, Y, X].
+        """
+        return self.features_batch([image], normalised=normalised)
+
+    def features_batch(self, images: Sequence[np.ndarray], *, normalised: bool = False) -> Features:
+        """Run the frozen trunk on several 2D images of one size.
+
+        Parameters
+        ----------
+        images : sequence of numpy.ndarray
+            Images of equal shape.
+        normalised : bool
+            True when they have been through :meth:`normalise_image` already.
+
+        Returns
+        -------
+        Features
+            Tensors [B, F, Y, X] on the model's device.
+        """
+        x = self._input(images, normalised)
+        h, w = x.shape[-2:]
+        config = self._net.config
+        device = self.device
+        with torch.no_grad():
+            if config.padding == "same":
+                hp, wp = config.valid_size_at_least(h), config.valid_size_at_least(w)
+                x = _reflect_pad(x, 0, hp - h, 0, wp - w)
+                feats = self._branch_features(x.to(device))
+                return {k: v[..., :h, :w] for k, v in feats.items()}
+            return self._tiled(x, h, w, device)
+
+    def _tiled(self, x: torch.Tensor, h: int, w: int, device: torch.device) -> Features:
+        """Official tile pipeline (reference d.2) for valid-padded networks."""
+        config = self._net.config
+        window = int(self.window)  # type: ignore[arg-type]
+        step = config.output_size(window)
+        off = config.offset
+        ny, nx = -(-h // step), -(-w // step)
+        ph, pw = ny * step + window - step, nx * step + window - step
+        x = _reflect_pad(x, off, ph - h - off, off, pw - w - off)
+        origins = [(i * step, j * step) for i in range(ny) for j in range(nx)]
+        out: Features = {}
+        for n in range(x.shape[0]):
+            for start in range(0, len(origins), self.batch_size):
+                group = origins[start : start + self.batch_size]
+                batch = torch.stack(
+                    [x[n, :, y : y + window, xx : xx + window] for y, xx in group]
+                ).to(device)
+                feats = self._branch_features(batch)
+                for key, value in feats.items():
+                    if key not in out:
+                        out[key] = torch.empty(
+                            (x.shape[0], value.shape[1], ny * step, nx * step),
+                            dtype=value.dtype,
+                            device=value.device,
+                        )
+                    for i, (y, xx) in enumerate(group):
+                        out[key][n, :, y : y + step, xx : xx + step] = value[i]
+        return {k: v[..., :h, :w] for k, v in out.items()}
+
+    # ------------------------------------------------------------------ head
+    def head(self, features: Features) -> torch.Tensor:
+        """Class log-probabilities from (a crop or gather of) cached features.
+
+        Parameters
+        ----------
+        features : Features
+            ``"np"`` (and ``"tp"``) tensors [N, F, h, w]; ``"hv"`` is ignored.
+
+        Returns
+        -------
+        torch.Tensor
+            Log-probabilities [N, n_classes, h, w] (they are valid logits).
+        """
+        log_np = F.log_softmax(self._head["np"](features["np"]), dim=1)
+        if not self.typed:
+            return log_np
+        tp = self._head["tp"](features["tp"])
+        log_tp = F.log_softmax(tp[:, 1:], dim=1)
+        return torch.cat([log_np[:, :1], log_np[:, 1:2] + log_tp], dim=1)
+
+    def add_class(self, name: str, init_from: int) -> None:
+        """Add a class: one more TP channel (typed) or NP channel (untyped).
+
+        The new channel copies the weights of class ``init_from``'s channel (for typed
+        models class 0, background, maps to TP's "no label" channel).
+
+        Parameters
+        ----------
+        name : str
+            Name of the new class.
+        init_from : int
+            Index of the class that initialises it.
+        """
+        check_new_class(self.class_names, name, init_from)
+        branch = "tp" if self.typed else "np"
+        conv = self._net.decoder[branch].u0.conv
+        grow_output_layer(conv, conv.out_channels, int(init_from))
+        config = self._net.config
+        if self.typed:
+            config = dataclasses.replace(config, nr_types=conv.out_channels)
+        else:
+            config = dataclasses.replace(config, np_channels=conv.out_channels)
+        self._net.config = config
+        self.class_names.append(str(name))
+
+    def load_head_state(self, state: dict[str, Any]) -> None:
+        """Restore a head snapshot (see :meth:`SegmentationModel.load_head_state`).
+
+        Parameters
+        ----------
+        state : dict
+            Snapshot from :meth:`head_state`.
+        """
+        super().load_head_state(state)
+        conv = self._net.decoder["tp" if self.typed else "np"].u0.conv
+        key = "nr_types" if self.typed else "np_channels"
+        if getattr(self._net.config, key) != conv.out_channels:
+            self._net.config = dataclasses.replace(self._net.config, **{key: conv.out_channels})
+
+    # ------------------------------------------------------------------ instances
+    def instances(
+        self, class_map: np.ndarray, logits: torch.Tensor, features: Features
+    ) -> np.ndarray | None:
+        """HoVer-Net instances: HV watershed of the nucleus probability (reference d.3).
+
+        Parameters
+        ----------
+        class_map : numpy.ndarray
+            (Y, X) argmax class map (unused: the nucleus probability comes from ``logits``).
+        logits : torch.Tensor
+            [1, C, Y, X] log-probabilities from :meth:`head`.
+        features : Features
+            The cached features of the image (``"hv"`` is used).
+
+        Returns
+        -------
+        numpy.ndarray
+            int32 instance labels (0 = background).
+        """
+        if "hv" not in features:
+            return None
+        log_bg = logits[0, 0].detach().float().cpu()
+        np_prob = (-torch.expm1(log_bg)).numpy()
+        hv = features["hv"][0].detach().float().cpu().numpy()
+        return hv_instances(np_prob, hv)
+
+    def instance_types(self, labels: np.ndarray, class_map: np.ndarray) -> dict[int, int]:
+        """Per-instance class by the official majority rule (second pick over background).
+
+        Parameters
+        ----------
+        labels : numpy.ndarray
+            Instance labels.
+        class_map : numpy.ndarray
+            Class map of the same shape.
+
+        Returns
+        -------
+        dict of int to int
+            Instance id -> class index.
+        """
+        return {i: e["type"] for i, e in instance_info(labels, class_map).items()}
+
+
+def _reflect_pad(x: torch.Tensor, top: int, bottom: int, left: int, right: int) -> torch.Tensor:
+    """numpy-style ``'reflect'`` padding of [N, C, H, W] (any amount; mirrors repeatedly)."""
+    if top == bottom == left == right == 0:
+        return x
+    arr = np.pad(x.numpy(), ((0, 0), (0, 0), (top, bottom), (left, right)), mode="reflect")
+    return torch.from_numpy(arr)
