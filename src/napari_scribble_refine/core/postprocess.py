@@ -1,0 +1,150 @@
+"""From a class map to nucleus instances: distance-transform watershed and per-instance type.
+
+This is the generic fallback for models without their own instance post-processing (HoVer-Net
+adapters use their HV maps instead). Each foreground class is split separately, so touching
+nuclei of different classes are always different instances.
+
+Markers are the peaks of the Euclidean distance transform (EDT) of each class mask: regional
+maxima whose height above the saddle to any higher peak is at least ``h`` pixels
+(h-maxima), found on the EDT smoothed with a Gaussian of ``sigma`` pixels. Two touching round
+nuclei have two such peaks (the EDT drops towards their neck); an elongated nucleus has one
+ridge and stays whole, which ``peak_local_max`` with a fixed ``min_distance`` does not
+guarantee. On the masks of the project's real nuclei data (``data/nuclei``), h = 1 and
+sigma = 1 split best and degrade least when the mask is noisy.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numpy.typing import ArrayLike
+from scipy import ndimage
+from skimage.morphology import h_maxima
+from skimage.segmentation import relabel_sequential, watershed
+
+from . import metrics
+
+
+def _split_component(
+    component: np.ndarray, *, h: float, sigma: float, spacing: tuple[float, ...] | None
+) -> tuple[np.ndarray, int]:
+    """Watershed one connected mask (with a background margin) into instances 1..n."""
+    distance = ndimage.distance_transform_edt(component, sampling=spacing)
+    if sigma > 0:
+        distance = ndimage.gaussian_filter(distance, sigma)
+    peaks = h_maxima(distance, h).astype(bool) & component
+    markers, n_markers = ndimage.label(peaks)
+    if n_markers <= 1:
+        return component.astype(np.int32), 1
+    return watershed(-distance, markers, mask=component), n_markers
+
+
+def class_map_to_instances(
+    class_map: ArrayLike,
+    *,
+    min_size: int = 10,
+    h: float = 1.0,
+    sigma: float = 1.0,
+    spacing: tuple[float, ...] | None = None,
+) -> np.ndarray:
+    """Split a class map into instances with a distance-transform watershed per class.
+
+    Parameters
+    ----------
+    class_map : array_like
+        ``(Y, X)`` or ``(Z, Y, X)`` integer classes: 0 = background, c = class c. Never
+        modified.
+    min_size : int
+        Instances with fewer pixels (voxels) are removed (set to 0).
+    h : float
+        The smallest dip of the distance transform, in pixels, between two peaks for them to
+        seed two instances. Larger values split less.
+    sigma : float
+        Gaussian smoothing of the distance transform in pixels before finding peaks; removes
+        peaks caused by jagged boundaries. 0 disables it.
+    spacing : tuple of float, optional
+        Pixel size per axis (e.g. ``(z_step, 1, 1)`` for anisotropic stacks); the distance
+        transform, and so ``h``, is then in those units.
+
+    Returns
+    -------
+    numpy.ndarray
+        int32 instance labels: 0 = background, 1..N consecutive, numbered class by class
+        and within a class in raster order of their first pixel.
+
+    Raises
+    ------
+    TypeError
+        If ``class_map`` is not an integer array.
+    ValueError
+        If ``class_map`` is not 2D or 3D, has negative values, or a parameter is out of range.
+    """
+    classes = np.asarray(class_map)
+    if classes.dtype.kind not in "iu":
+        raise TypeError(f"class_map must be an integer array, got dtype {classes.dtype}")
+    if classes.ndim not in (2, 3):
+        raise ValueError(f"class_map must be 2D or 3D, got shape {classes.shape}")
+    if classes.size and classes.min() < 0:
+        raise ValueError(f"class_map must be >= 0, got minimum {classes.min()}")
+    if int(min_size) != min_size or min_size < 0:
+        raise ValueError(f"min_size must be an integer >= 0, got {min_size!r}")
+    if not h > 0:
+        raise ValueError(f"h must be a number > 0, got {h!r}")
+    if not sigma >= 0:
+        raise ValueError(f"sigma must be a number >= 0, got {sigma!r}")
+
+    instances = np.zeros(classes.shape, dtype=np.int32)
+    n_instances = 0
+    # Each connected component separately: grey reconstruction (h-maxima) costs far more on
+    # one large image than on many small crops. The margin gives the distance transform and
+    # its smoothing the background around the component.
+    margin = 1 + math.ceil(4 * sigma)
+    for value in np.unique(classes):
+        if value == 0:
+            continue
+        components, _ = ndimage.label(classes == value)
+        for index, box in enumerate(ndimage.find_objects(components), start=1):
+            box = tuple(
+                slice(max(b.start - margin, 0), min(b.stop + margin, size))
+                for b, size in zip(box, classes.shape, strict=True)
+            )
+            component = components[box] == index
+            labels, n_labels = _split_component(component, h=h, sigma=sigma, spacing=spacing)
+            instances[box][component] = labels[component] + n_instances
+            n_instances += n_labels
+
+    if min_size > 1 and n_instances:
+        sizes = np.bincount(instances.reshape(-1), minlength=n_instances + 1)
+        small = sizes < min_size
+        small[0] = False
+        instances[small[instances]] = 0
+    return relabel_sequential(instances)[0].astype(np.int32, copy=False)
+
+
+def instance_types(instances: ArrayLike, class_map: ArrayLike) -> dict[int, int]:
+    """Find the class of each instance by majority vote of its pixels.
+
+    A dict-returning view of :func:`~napari_scribble_refine.core.metrics.instance_types`:
+    background pixels (class 0) inside an instance do not vote unless the instance has no
+    other class; ties go to the smaller class index.
+
+    Parameters
+    ----------
+    instances : array_like
+        Integer instance labels, 0 = background.
+    class_map : array_like
+        Integer classes of the same shape, 0 = background.
+
+    Returns
+    -------
+    dict of int to int
+        Instance id -> class, for every non-zero id present, in increasing id order.
+
+    Raises
+    ------
+    ValueError
+        If the shapes differ or a class is negative.
+    """
+    ids, classes = metrics.instance_types(np.asarray(instances), np.asarray(class_map))
+    return dict(zip(ids.tolist(), classes.tolist(), strict=True))
