@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +58,26 @@ def _prefixes(param_names: Sequence[str]) -> list[str]:
             if prefix not in seen:
                 seen.append(prefix)
     return seen
+
+
+class _ParameterView(nn.Module):
+    """Lists given tensors as parameters (ScriptModules hand out plain tensors)."""
+
+    def __init__(self, items: list[tuple[str, torch.Tensor]]) -> None:
+        super().__init__()
+        self._items = items
+
+    def named_parameters(  # type: ignore[override]
+        self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
+    ) -> Iterator[tuple[str, torch.Tensor]]:
+        """Yield ``(name, tensor)`` for the viewed parameters."""
+        for name, p in self._items:
+            yield (f"{prefix}.{name}" if prefix else name), p
+
+    def parameters(self, recurse: bool = True) -> Iterator[torch.Tensor]:  # type: ignore[override]
+        """Yield the viewed parameters."""
+        for _, p in self._items:
+            yield p
 
 
 class TorchScriptModel(SegmentationModel):
@@ -208,11 +228,8 @@ class TorchScriptModel(SegmentationModel):
 
     @property
     def head_module(self) -> nn.Module:
-        """A container registering the head's parameters (shared with :attr:`network`)."""
-        container = nn.Module()
-        for n, p in self._head_named_parameters():
-            container.register_parameter(n.replace(".", "__"), p)
-        return container
+        """A view of the head's parameters (the network's own tensors, not copies)."""
+        return _ParameterView(self._head_named_parameters())
 
     def head_state(self) -> HeadState:
         """Snapshot of the head's parameters and the class names.

@@ -1,0 +1,64 @@
+"""resolve_device: auto picks what exists; explicit requests are checked."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from napari_scribble_refine.core.devices import resolve_device
+
+HAS_CUDA = torch.cuda.is_available()
+HAS_MPS = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+def test_auto_picks_the_best_available():
+    device, reason = resolve_device("auto")
+    if HAS_CUDA:
+        assert device.type == "cuda" and "CUDA" in reason
+    elif HAS_MPS:
+        assert device.type == "mps" and "MPS" in reason
+    else:
+        assert device == torch.device("cpu")
+        assert "no CUDA or MPS" in reason and "CPU" in reason
+    assert reason.startswith("auto")
+
+
+def test_default_is_auto():
+    assert resolve_device() == resolve_device("auto")
+
+
+@pytest.mark.parametrize("spec", ["cpu", " CPU ", torch.device("cpu")])
+def test_cpu(spec):
+    device, reason = resolve_device(spec)
+    assert device == torch.device("cpu") and "CPU" in reason
+
+
+@pytest.mark.parametrize("spec", ["banana", "tpu", "cuda:x", "xla"])
+def test_unknown_devices_are_rejected(spec):
+    with pytest.raises(ValueError, match="device"):
+        resolve_device(spec)
+
+
+def test_non_string_is_rejected():
+    with pytest.raises(ValueError, match="string"):
+        resolve_device(3)  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="CUDA is available here")
+def test_cuda_unavailable_is_a_clear_error():
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        resolve_device("cuda")
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
+def test_cuda_available():
+    device, reason = resolve_device("cuda")
+    assert device.type == "cuda" and "CUDA" in reason
+    with pytest.raises(ValueError, match="CUDA device"):
+        resolve_device(f"cuda:{torch.cuda.device_count()}")
+
+
+@pytest.mark.skipif(HAS_MPS, reason="MPS is available here")
+def test_mps_unavailable_is_a_clear_error():
+    with pytest.raises(ValueError, match="MPS is not available"):
+        resolve_device("mps")
