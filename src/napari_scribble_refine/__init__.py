@@ -11,6 +11,8 @@ from .core import (
     RefineStep,
     TorchModuleModel,
     TorchScriptModel,
+    available_models,
+    load_model,
     resolve_device,
 )
 
@@ -23,5 +25,7 @@ __all__ = [
     "TorchModuleModel",
     "TorchScriptModel",
     "__version__",
+    "available_models",
+    "load_model",
     "resolve_device",
 ]

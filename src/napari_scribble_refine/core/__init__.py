@@ -3,6 +3,7 @@
 from .config import RefineConfig
 from .devices import resolve_device
 from .models.module import TorchModuleModel
+from .models.registry import available_models, load_model
 from .models.torchscript import TorchScriptModel
 from .session import RefineSession
 from .steps import RefineResult, RefineStep
@@ -14,5 +15,7 @@ __all__ = [
     "RefineStep",
     "TorchModuleModel",
     "TorchScriptModel",
+    "available_models",
+    "load_model",
     "resolve_device",
 ]
