@@ -15,6 +15,9 @@ from napari_scribble_refine.core.session import RefineSession
 
 CLASSES2 = ["background", "nucleus"]
 
+# torch >= 2.10 deprecates writing TorchScript; these tests need such files
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+
 
 @pytest.fixture
 def script_file(unet2, tmp_path):

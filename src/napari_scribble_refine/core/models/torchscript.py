@@ -141,7 +141,10 @@ class TorchScriptModel(SegmentationModel):
             stacklevel=2,
         )
         try:
-            net = torch.jit.load(str(file), map_location="cpu")
+            with warnings.catch_warnings():
+                # torch >= 2.10 deprecates TorchScript; users were warned above already
+                warnings.simplefilter("ignore", DeprecationWarning)
+                net = torch.jit.load(str(file), map_location="cpu")
         except Exception as err:  # noqa: BLE001 - torch raises RuntimeError and others
             raise ValueError(
                 f"{str(file)!r} is not a TorchScript file: expected an archive written by "
