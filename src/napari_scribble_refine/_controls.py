@@ -1,0 +1,230 @@
+"""The widget's two composite controls: refinement settings and the class palette.
+
+Both are magicgui containers with no knowledge of layers or the engine beyond
+:class:`~napari_scribble_refine.core.config.RefineConfig`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from magicgui.widgets import CheckBox, Container, FloatSpinBox, PushButton, SpinBox
+
+from ._layers import class_colour_hex
+from .core.config import RefineConfig
+
+
+class RefineSettings(Container):
+    """Refinement parameters with good defaults; the rarely changed ones fold away.
+
+    The settings map onto :class:`RefineConfig` (paper names in brackets), plus two that
+    shape point and box feedback.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(labels=True)
+        d = RefineConfig()
+        self.iterations = SpinBox(
+            label="Iterations (M)", value=d.max_iterations, min=1, max=10_000,
+            tooltip="The most optimiser steps one Refine takes.",
+        )  # fmt: skip
+        self.learning_rate = FloatSpinBox(
+            label="Learning rate (η)", value=d.learning_rate, min=1e-5, max=10.0, step=0.01,
+            tooltip="Step size of the head's fine-tuning.",
+        )  # fmt: skip
+        self.alpha = FloatSpinBox(
+            label="Proximity (α)", value=d.proximity_weight, min=0.0, max=100.0, step=0.01,
+            tooltip="How strongly the tuned head is kept near the pre-trained one.",
+        )  # fmt: skip
+        for box in (self.learning_rate, self.alpha):
+            box.native.setDecimals(4)
+        self.region_growing = CheckBox(
+            text="Region growing", value=d.region_growing,
+            tooltip="Spread each scribble to similar neighbouring pixels before refining.",
+        )  # fmt: skip
+        self.grow_threshold = FloatSpinBox(
+            label="Growing threshold (T)", value=d.grow_threshold, min=0.0, max=1.0, step=0.01,
+            tooltip="Largest intensity step (image range scaled to 0-1) a scribble grows over.",
+        )  # fmt: skip
+        self.show_advanced = CheckBox(
+            text="Advanced settings", value=False, tooltip="Show rarely changed settings."
+        )
+        self.n_layers = SpinBox(
+            label="Layers to tune (l)", value=d.n_layers, min=1, max=20,
+            tooltip="How many of the network's final layers are fine-tuned.",
+        )  # fmt: skip
+        self.momentum = FloatSpinBox(
+            label="Momentum", value=d.momentum, min=0.0, max=0.99, step=0.05,
+            tooltip="SGD momentum (0 = the paper's plain SGD).",
+        )  # fmt: skip
+        self.stop_fraction = FloatSpinBox(
+            label="Stop when correct", value=d.stop_fraction, min=0.01, max=1.0, step=0.05,
+            tooltip="Stop once this fraction of scribbled pixels is predicted as its class.",
+        )  # fmt: skip
+        self.grow_max_distance = SpinBox(
+            label="Growing reach (px)", value=d.grow_max_distance, min=0, max=1000,
+            tooltip="How far a grown scribble may reach from its stroke.",
+        )  # fmt: skip
+        self.point_radius = SpinBox(
+            label="Point radius (px)", value=3, min=0, max=100,
+            tooltip="Radius of the disk each point constrains.",
+        )  # fmt: skip
+        self.box_ring = SpinBox(
+            label="Box ring (px)", value=3, min=0, max=100,
+            tooltip="Width of the background ring outside each box.",
+        )  # fmt: skip
+        self.seed = SpinBox(
+            label="Seed", value=d.seed, min=0, max=2**31 - 1, tooltip="Random seed."
+        )
+        self.advanced = Container(
+            widgets=[
+                self.n_layers,
+                self.momentum,
+                self.stop_fraction,
+                self.grow_max_distance,
+                self.point_radius,
+                self.box_ring,
+                self.seed,
+            ],
+            labels=True,
+            visible=False,
+        )
+        self.extend(
+            [
+                self.iterations,
+                self.learning_rate,
+                self.alpha,
+                self.region_growing,
+                self.grow_threshold,
+                self.show_advanced,
+                self.advanced,
+            ]
+        )
+        self.show_advanced.changed.connect(self._on_show_advanced)
+        self.region_growing.changed.connect(self._on_growing)
+        self.margins = (0, 0, 0, 0)
+
+    _NAMES = (
+        "iterations",
+        "learning_rate",
+        "alpha",
+        "region_growing",
+        "grow_threshold",
+        "n_layers",
+        "momentum",
+        "stop_fraction",
+        "grow_max_distance",
+        "point_radius",
+        "box_ring",
+        "seed",
+    )
+
+    def _on_show_advanced(self, shown: bool) -> None:
+        self.advanced.visible = shown
+
+    def _on_growing(self, on: bool) -> None:
+        self.grow_threshold.enabled = on
+
+    def apply(self, **settings: Any) -> None:
+        """Set some settings by name.
+
+        Parameters
+        ----------
+        **settings
+            Any of ``iterations``, ``learning_rate``, ``alpha``, ``region_growing``,
+            ``grow_threshold``, ``n_layers``, ``momentum``, ``stop_fraction``,
+            ``grow_max_distance``, ``point_radius``, ``box_ring``, ``seed``.
+
+        Raises
+        ------
+        TypeError
+            If a name is unknown.
+        """
+        unknown = set(settings) - set(self._NAMES)
+        if unknown:
+            raise TypeError(f"Unknown setting(s) {sorted(unknown)}; valid: {sorted(self._NAMES)}")
+        for name, value in settings.items():
+            getattr(self, name).value = value
+
+    def config(self, device: str) -> RefineConfig:
+        """Return the settings as a refinement configuration.
+
+        Parameters
+        ----------
+        device : str
+            The device chosen in the widget.
+
+        Returns
+        -------
+        RefineConfig
+            A validated configuration.
+        """
+        return RefineConfig(
+            max_iterations=self.iterations.value,
+            learning_rate=self.learning_rate.value,
+            momentum=self.momentum.value,
+            proximity_weight=self.alpha.value,
+            n_layers=self.n_layers.value,
+            stop_fraction=self.stop_fraction.value,
+            region_growing=self.region_growing.value,
+            grow_threshold=self.grow_threshold.value,
+            grow_max_distance=self.grow_max_distance.value,
+            seed=self.seed.value,
+            device=device,
+        )
+
+
+class ClassPalette(Container):
+    """One coloured, checkable button per class; clicking one chooses what the brush marks.
+
+    Parameters
+    ----------
+    on_select : callable
+        Called with the class index when the user clicks a button.
+    """
+
+    def __init__(self, on_select: Callable[[int], None]) -> None:
+        super().__init__(layout="horizontal", labels=False, label="Brush class")
+        self.tooltip = "The class the brush, new points and new boxes mark."
+        self._on_select = on_select
+        self.selected = 1
+
+    def set_classes(self, class_names: list[str]) -> None:
+        """Show one button per class.
+
+        Parameters
+        ----------
+        class_names : list of str
+            Class names, index 0 = background.
+        """
+        self.clear()
+        for index, name in enumerate(class_names):
+            button = PushButton(text=name, tooltip=f"Paint '{name}' (scribble value {index + 1})")
+            button.native.setCheckable(True)
+            colour = class_colour_hex(index)
+            button.native.setStyleSheet(
+                f"QPushButton {{ border: 2px solid {colour}; padding: 2px 6px; }}"
+                f"QPushButton:checked {{ background-color: {colour}; color: black; }}"
+            )
+            button.changed.connect(partial(self._clicked, index))
+            self.append(button)
+        self.show_selected(min(self.selected, len(class_names) - 1))
+
+    def _clicked(self, index: int, *_: Any) -> None:
+        self._on_select(index)
+
+    def show_selected(self, index: int) -> None:
+        """Check the button of one class (without calling back).
+
+        Parameters
+        ----------
+        index : int
+            Class index.
+        """
+        self.selected = index
+        for i, button in enumerate(self):
+            button.native.blockSignals(True)
+            button.native.setChecked(i == index)
+            button.native.blockSignals(False)

@@ -1,0 +1,856 @@
+"""The napari dock widget: pick layers and a model, paint corrections, Predict and Refine.
+
+A thin controller over the engine. It copies layer data on the GUI thread
+(:mod:`._layers`), runs the engine's functions (:mod:`._tasks`) in thread workers
+(:mod:`._workers`), and shows their results in two Labels layers it owns. It never writes
+into the user's image, scribble, point or box layers.
+
+The same widget drives scripted sessions (see :mod:`.scripting`)::
+
+    widget = ScribbleRefineWidget(viewer)
+    widget.predict(wait=True)
+    widget.refine(wait=True)
+"""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, Label, PushButton
+from napari.layers import Image, Labels, Points, Shapes
+from napari.utils import progress
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import QEvent, QObject
+
+from . import _layers, _tasks
+from ._controls import ClassPalette, RefineSettings
+from ._workers import Failed, TaskRunner, Throttle
+from .core.config import RefineConfig
+from .core.images import validate_image
+from .core.models.registry import available_models, is_torchscript
+from .core.scribbles import validate_scribbles
+
+if TYPE_CHECKING:
+    import napari
+
+FROM_FILE = "From file…"
+DEFAULT_CLASSES = ["background", "nucleus"]
+LIVE_UPDATE_MS = 100
+SHORTCUTS = {"refine": "Shift-R", "undo": "Shift-Z", "redo": "Shift-Y"}
+
+
+def _devices() -> list[str]:
+    import torch
+
+    found = ["auto", "cpu"]
+    found += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    backend = getattr(torch.backends, "mps", None)
+    if backend is not None and backend.is_available():
+        found.append("mps")
+    return found
+
+
+class _CloseWatcher(QObject):
+    """Calls back when the widget leaves its dock (napari re-parents it to None on close)."""
+
+    def __init__(self, target: QObject, on_close) -> None:
+        super().__init__(target)
+        self._on_close = on_close
+        target.installEventFilter(self)
+
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt API
+        kind = event.type()
+        if kind == QEvent.Type.Close or (kind == QEvent.Type.ParentChange and obj.parent() is None):
+            self._on_close()
+        return False
+
+
+class ScribbleRefineWidget(Container):
+    """Scribble-aware refinement of a segmentation network in napari.
+
+    Parameters
+    ----------
+    viewer : napari.viewer.Viewer
+        The viewer whose layers the widget reads and writes.
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__(labels=True)
+        self._viewer = viewer
+        self._model: Any = None
+        self._model_key: str | None = None
+        self._session: Any = None
+        self._session_image: Any = None
+        self._model_file: str | None = None
+        self._class_names = list(DEFAULT_CLASSES)
+        self._prediction_layer: Labels | None = None
+        self._instances_layer: Labels | None = None
+        self._progress: progress | None = None
+        self._closed = False
+        self._reload_wanted = False
+        self._runner = TaskRunner(self._on_busy)
+        self._live = Throttle(LIVE_UPDATE_MS, self._show_live_prediction)
+        self._build()
+        self._connect()
+        self._update_buttons()
+        if self._model_choice.value not in (None, FROM_FILE):
+            self.load_model()
+
+    # ------------------------------------------------------------------ layout
+    def _build(self) -> None:
+        self._image = ComboBox(
+            label="Image",
+            choices=partial(self._layer_choices, Image),
+            tooltip="The image to segment: 2D greyscale, RGB, or a (Z, Y, X) stack.",
+        )
+        self._scribbles = ComboBox(
+            label="Scribbles",
+            choices=partial(self._layer_choices, Labels, scribbles=True),
+            nullable=True,
+            tooltip="Labels layer with your corrections: 1 = background, c + 1 = class c.",
+        )
+        self._new_scribbles = PushButton(
+            text="New scribbles",
+            tooltip="Add an empty scribble layer of the image's shape, coloured by class.",
+        )
+        self._points = ComboBox(
+            label="Points",
+            choices=partial(self._layer_choices, Points),
+            nullable=True,
+            tooltip="Optional Points layer: each point marks a small disk of its class.",
+        )
+        self._boxes = ComboBox(
+            label="Boxes",
+            choices=partial(self._layer_choices, Shapes),
+            nullable=True,
+            tooltip="Optional Shapes layer of rectangles: the box's core is its class, a "
+            "thin ring outside it is background.",
+        )
+        self._new_points = PushButton(text="New points", tooltip="Add a Points layer for clicks.")
+        self._new_boxes = PushButton(text="New boxes", tooltip="Add a Shapes layer for boxes.")
+        self._palette = ClassPalette(self.select_class)
+        self._model_choice = ComboBox(
+            label="Model",
+            choices=[*available_models(), FROM_FILE],
+            tooltip="A built-in model, or a checkpoint / TorchScript file of your own.",
+        )
+        self._device = ComboBox(
+            label="Device",
+            choices=_devices(),
+            value="auto",
+            tooltip="Where the network runs; 'auto' takes a GPU when there is one.",
+        )
+        self._settings = RefineSettings()
+        self._predict_button = PushButton(
+            text="Predict", tooltip="Segment the image with the current model."
+        )
+        self._refine_button = PushButton(
+            text="Refine",
+            tooltip=f"Fine-tune the model's head on your scribbles ({SHORTCUTS['refine']}).",
+        )
+        self._cancel_button = PushButton(
+            text="Cancel", tooltip="Stop after the current step; the result stays undoable."
+        )
+        self._undo_button = PushButton(
+            text="Undo", tooltip=f"Undo the last refinement ({SHORTCUTS['undo']})."
+        )
+        self._redo_button = PushButton(
+            text="Redo", tooltip=f"Redo the undone refinement ({SHORTCUTS['redo']})."
+        )
+        self._reset_button = PushButton(
+            text="Reset model", tooltip="Forget all refinements: back to the pre-trained model."
+        )
+        self._status = Label(value="Choose an image, then Predict.")
+        self._status.tooltip = "What the widget is doing."
+
+        def row(*widgets) -> Container:
+            return Container(widgets=list(widgets), layout="horizontal", labels=False)
+
+        self.extend(
+            [
+                self._image,
+                self._scribbles,
+                row(self._new_scribbles, self._new_points, self._new_boxes),
+                self._points,
+                self._boxes,
+                self._palette,
+                self._model_choice,
+                self._device,
+                self._settings,
+                row(self._predict_button, self._refine_button, self._cancel_button),
+                row(self._undo_button, self._redo_button, self._reset_button),
+                self._status,
+            ]
+        )
+        self._palette.set_classes(self._class_names)
+
+    def _connect(self) -> None:
+        layers = self._viewer.layers
+        for event in (layers.events.inserted, layers.events.removed, layers.events.reordered):
+            event.connect(self._on_layers_changed)
+        self._image.changed.connect(self._on_image_changed)
+        self._scribbles.changed.connect(self._on_scribbles_changed)
+        self._new_scribbles.changed.connect(self.new_scribbles)
+        self._new_points.changed.connect(self.new_points)
+        self._new_boxes.changed.connect(self.new_boxes)
+        self._model_choice.changed.connect(self._on_model_chosen)
+        self._device.changed.connect(self._on_device_changed)
+        self._predict_button.changed.connect(lambda: self.predict())
+        self._refine_button.changed.connect(lambda: self.refine())
+        self._cancel_button.changed.connect(self.cancel)
+        self._undo_button.changed.connect(lambda: self.undo())
+        self._redo_button.changed.connect(lambda: self.redo())
+        self._reset_button.changed.connect(lambda: self.reset_model())
+        for action, key in SHORTCUTS.items():
+            self._viewer.bind_key(key, partial(self._on_shortcut, action), overwrite=True)
+        self._close_watcher = _CloseWatcher(self.native, self.shutdown)
+        runner = self._runner
+        self.native.destroyed.connect(lambda *_: runner.stop())
+        self._on_scribbles_changed()
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def viewer(self) -> napari.viewer.Viewer:
+        """The viewer the widget works in."""
+        return self._viewer
+
+    @property
+    def class_names(self) -> list[str]:
+        """The model's classes (index 0 = background)."""
+        return list(self._class_names)
+
+    @property
+    def session(self) -> Any:
+        """The open refinement session, or None before the first Predict/Refine."""
+        return self._session
+
+    @property
+    def prediction_layer(self) -> Labels | None:
+        """The Labels layer showing the class map, once there is one."""
+        return self._prediction_layer
+
+    @property
+    def instances_layer(self) -> Labels | None:
+        """The Labels layer showing the instances, once there is one."""
+        return self._instances_layer
+
+    @property
+    def worker(self) -> Any:
+        """The running thread worker, or None when idle (tests wait on its signals)."""
+        return self._runner.worker
+
+    @property
+    def busy(self) -> bool:
+        """Whether a task runs in the background."""
+        return self._runner.busy
+
+    @property
+    def live_updates(self) -> int:
+        """How many live previews were shown during the last refinement."""
+        return self._live.delivered
+
+    def configure(
+        self,
+        *,
+        image: Image | str | None = None,
+        scribbles: Labels | str | None = None,
+        points: Points | str | None = None,
+        boxes: Shapes | str | None = None,
+        model: str | None = None,
+        device: str | None = None,
+        **settings: Any,
+    ) -> None:
+        """Set inputs and settings from a script, as a user would in the widget.
+
+        Parameters
+        ----------
+        image, scribbles, points, boxes : napari layer or str, optional
+            Layers (or their names) to use.
+        model : str, optional
+            A built-in model name or a path to a checkpoint / TorchScript file; it starts
+            loading in the background (see :meth:`wait`).
+        device : str, optional
+            ``"auto"``, ``"cpu"``, ``"cuda:0"``, ...
+        **settings
+            ``iterations``, ``learning_rate``, ``alpha``, ``region_growing``,
+            ``grow_threshold``, ``n_layers``, ``momentum``, ``stop_fraction``,
+            ``grow_max_distance``, ``point_radius``, ``box_ring``, ``seed``.
+
+        Raises
+        ------
+        TypeError
+            If a setting is unknown.
+        """
+        self._settings.apply(**settings)
+        for picker, layer in (
+            (self._image, image),
+            (self._scribbles, scribbles),
+            (self._points, points),
+            (self._boxes, boxes),
+        ):
+            if layer is not None:
+                picker.value = self._viewer.layers[layer] if isinstance(layer, str) else layer
+        if device is not None:
+            self._device.value = device
+        if model is not None:
+            if model not in self._model_choice.choices:
+                self.set_model_file(model)
+            elif model != self._model_choice.value:
+                self._model_choice.value = model
+            elif self._model is None:
+                self.load_model()
+
+    # ------------------------------------------------------------------ choices
+    def _layer_choices(self, kind: type, _widget: Any = None, scribbles: bool = False):
+        layers = [layer for layer in self._viewer.layers if isinstance(layer, kind)]
+        if scribbles:
+            owned = (self._prediction_layer, self._instances_layer)
+            layers = [layer for layer in layers if layer not in owned]
+        return [(layer.name, layer) for layer in layers]
+
+    def _on_layers_changed(self, event: Any = None) -> None:
+        if self._closed:
+            return
+        self.reset_choices()
+        self._update_buttons()
+
+    def _on_image_changed(self) -> None:
+        self._update_buttons()
+
+    def _on_scribbles_changed(self) -> None:
+        layer = self._scribbles.value
+        if layer is not None:
+            layer.events.selected_label.connect(self._highlight_palette)
+        self._highlight_palette()
+        self._update_buttons()
+
+    # ------------------------------------------------------------------ palette
+    def select_class(self, index: int, *_: Any) -> None:
+        """Make the brush, new points and new boxes mark one class.
+
+        Parameters
+        ----------
+        index : int
+            Class index (0 = background).
+        """
+        if not 0 <= index < len(self._class_names):
+            show_error(f"No class {index}: the model has classes {self._class_names}")
+            return
+        colour = _layers.class_colour(index)
+        scribbles = self._scribbles.value
+        if scribbles is not None:
+            scribbles.selected_label = index + 1
+            if scribbles.mode not in ("paint", "fill", "polygon"):
+                scribbles.mode = "paint"
+        for layer in (self._points.value, self._boxes.value):
+            if layer is not None:
+                layer.feature_defaults["class"] = index
+        if self._points.value is not None:
+            self._points.value.current_face_color = colour
+        if self._boxes.value is not None:
+            self._boxes.value.current_edge_color = colour
+        self._palette.show_selected(index)
+        self._set_status(f"Brush: {self._class_names[index]}")
+
+    def _highlight_palette(self, *_: Any) -> None:
+        scribbles = self._scribbles.value
+        if scribbles is not None and 1 <= scribbles.selected_label <= len(self._class_names):
+            self._palette.show_selected(scribbles.selected_label - 1)
+
+    def _apply_classes(self, class_names: list[str]) -> None:
+        if class_names == self._class_names:
+            return
+        self._class_names = list(class_names)
+        self._palette.set_classes(self._class_names)
+        for layer in self._viewer.layers:
+            if layer.metadata.get("scribble_refine") == "scribbles":
+                layer.colormap = _layers.scribble_colormap(self._class_names)
+                layer.features = _layers.class_features(self._class_names, offset=1)
+        if self._prediction_layer is not None:
+            self._prediction_layer.colormap = _layers.prediction_colormap(self._class_names)
+
+    # ------------------------------------------------------------------ new layers
+    def _require_image(self) -> Image | None:
+        image = self._image.value
+        if image is None:
+            show_error("No image layer: open or choose an image first (File > Open, or a sample)")
+        return image
+
+    def new_scribbles(self, *_: Any) -> Labels | None:
+        """Add an empty scribble layer matching the chosen image and select it.
+
+        Returns
+        -------
+        napari.layers.Labels or None
+            The new layer (None without an image).
+        """
+        return self._new_layer(_layers.add_scribble_layer, self._scribbles)
+
+    def new_points(self, *_: Any) -> Points | None:
+        """Add an empty Points layer whose points mark the brush class.
+
+        Returns
+        -------
+        napari.layers.Points or None
+            The new layer (None without an image).
+        """
+        return self._new_layer(_layers.add_points_layer, self._points)
+
+    def new_boxes(self, *_: Any) -> Shapes | None:
+        """Add an empty Shapes layer for rectangles that mark the brush class.
+
+        Returns
+        -------
+        napari.layers.Shapes or None
+            The new layer (None without an image).
+        """
+        return self._new_layer(_layers.add_boxes_layer, self._boxes)
+
+    def _new_layer(self, add: Any, picker: ComboBox) -> Any:
+        image = self._require_image()
+        if image is None:
+            return None
+        layer = add(self._viewer, image, self._class_names)
+        picker.value = layer
+        self.select_class(self._palette.selected)
+        self._viewer.layers.selection.active = layer
+        return layer
+
+    # ------------------------------------------------------------------ model
+    def set_model_file(self, path: str | Path) -> None:
+        """Use a checkpoint or TorchScript file as the model (loaded in the background).
+
+        Parameters
+        ----------
+        path : str or pathlib.Path
+            The file.
+        """
+        self._model_file = str(path)
+        label = f"file: {Path(path).name}"
+        choices = [c for c in self._model_choice.choices if not str(c).startswith("file: ")]
+        with self._model_choice.changed.blocked():
+            self._model_choice.choices = [*choices[:-1], label, FROM_FILE]
+            self._model_choice.value = label
+        self._on_model_chosen(label)
+
+    def _model_spec(self) -> str:
+        choice = self._model_choice.value
+        if choice is None or choice == FROM_FILE:
+            raise ValueError("No model chosen: pick a built-in model or a file")
+        if str(choice).startswith("file: "):
+            return str(self._model_file)
+        return str(choice)
+
+    def _on_model_chosen(self, choice: Any = None) -> None:
+        if choice == FROM_FILE:
+            from qtpy.QtWidgets import QFileDialog
+
+            path, _ = QFileDialog.getOpenFileName(
+                self.native,
+                "Model checkpoint or TorchScript file",
+                "",
+                "Models (*.pt *.pth *.ts *.safetensors *.ckpt);;All files (*)",
+            )
+            if path:
+                self.set_model_file(path)
+            return
+        self.load_model()
+
+    def _on_device_changed(self) -> None:
+        if self._session is not None:
+            self._session = self._session_image = None
+            show_info("Device changed: the next Predict starts over on it (refinements dropped)")
+        self._update_buttons()
+
+    def load_model(self, wait: bool = False) -> Any:
+        """Load the chosen model in the background; its classes set the palette.
+
+        Parameters
+        ----------
+        wait : bool
+            Block (processing Qt events) until it is loaded.
+
+        Returns
+        -------
+        worker or None
+            The thread worker, or None when nothing was started.
+        """
+        if self._runner.busy:
+            self._reload_wanted = True
+            return None
+        self._reload_wanted = False
+        try:
+            spec = self._model_spec()
+        except ValueError as error:
+            show_error(str(error))
+            return None
+        if spec == self._model_key:
+            return None
+        allow_code = spec == self._model_file
+        if allow_code and is_torchscript(spec):
+            show_warning(
+                f"Loading {Path(spec).name}: a TorchScript file runs its own code; "
+                "use only files from sources you trust"
+            )
+
+        def loaded(model: Any) -> None:
+            self._model, self._model_key = model, spec
+            self._session = self._session_image = None
+            self._apply_classes(list(model.class_names))
+            self._set_status(f"Model {model.name} ready ({', '.join(model.class_names)})")
+
+        return self._start(
+            f"loading {spec}",
+            partial(_tasks.load_model, spec, allow_code),
+            on_result=loaded,
+            wait=wait,
+        )
+
+    # ------------------------------------------------------------------ actions
+    def config(self) -> RefineConfig:
+        """Return the refinement settings shown in the widget.
+
+        Returns
+        -------
+        RefineConfig
+            A validated configuration.
+        """
+        return self._settings.config(str(self._device.value))
+
+    def _session_factory(self):
+        """Check the inputs on the GUI thread and return a function that opens a session."""
+        image_layer = self._require_image()
+        if image_layer is None:
+            return None
+        image, rgb = _layers.image_array(image_layer)
+        validate_image(image, rgb=rgb, name=f"Image '{image_layer.name}'")
+        spec = self._model_spec()
+        config = self.config()
+        model = self._model if self._model_key == spec else None
+        allow_code = spec == self._model_file
+
+        def make_session() -> Any:
+            nonlocal model
+            if model is None:
+                model = _tasks.load_model(spec, allow_code=allow_code)
+            return _tasks.start_session(model, image, rgb, config)
+
+        return make_session
+
+    def _current_session(self) -> Any:
+        image = self._image.value
+        if self._session is not None and self._session_image == image:
+            return self._session
+        return None
+
+    def predict(self, wait: bool = False) -> Any:
+        """Segment the chosen image in the background and show the prediction.
+
+        Parameters
+        ----------
+        wait : bool
+            Block (processing Qt events) until the prediction is shown.
+
+        Returns
+        -------
+        worker or None
+            The thread worker, or None when the inputs were rejected (see the notification).
+        """
+        try:
+            make_session = self._session_factory()
+        except (ValueError, TypeError) as error:
+            show_error(str(error))
+            return None
+        if make_session is None:
+            return None
+        image = self._image.value
+        return self._start(
+            "predicting",
+            partial(_tasks.predict, self._current_session(), make_session),
+            on_result=partial(self._show_outcome, image),
+            wait=wait,
+        )
+
+    def _feedback(self, image: Image) -> _tasks.Feedback:
+        shape = _layers.spatial_shape(image)
+        scribbles = None
+        if self._scribbles.value is not None:
+            layer = self._scribbles.value
+            scribbles = validate_scribbles(
+                _layers.labels_array(layer),
+                shape,
+                len(self._class_names),
+                name=f"Scribble layer '{layer.name}'",
+            )
+        points = np.zeros((0, len(shape)))
+        point_classes = np.zeros(0, dtype=int)
+        if self._points.value is not None:
+            points, point_classes = _layers.point_prompts(self._points.value, image)
+        boxes: list[np.ndarray] = []
+        box_classes = np.zeros(0, dtype=int)
+        if self._boxes.value is not None:
+            boxes, box_classes = _layers.box_prompts(self._boxes.value, image)
+        return _tasks.Feedback(
+            scribbles=scribbles,
+            points=points,
+            point_classes=point_classes,
+            boxes=boxes,
+            box_classes=box_classes,
+            point_radius=self._settings.point_radius.value,
+            box_ring=self._settings.box_ring.value,
+        )
+
+    def refine(self, wait: bool = False) -> Any:
+        """Fine-tune the model's head on the scribbles, points and boxes, in the background.
+
+        Parameters
+        ----------
+        wait : bool
+            Block (processing Qt events) until the refinement has finished.
+
+        Returns
+        -------
+        worker or None
+            The thread worker, or None when the inputs were rejected (see the notification).
+        """
+        try:
+            make_session = self._session_factory()
+            if make_session is None:
+                return None
+            image = self._image.value
+            feedback = self._feedback(image)
+        except (ValueError, TypeError) as error:
+            show_error(str(error))
+            return None
+        has_feedback = len(feedback.points) or len(feedback.boxes)
+        if not has_feedback and (feedback.scribbles is None or not feedback.scribbles.any()):
+            show_error("Nothing to refine on: paint scribbles (New scribbles), or add points/boxes")
+            return None
+        config = self.config()
+        self._live.discard()
+        self._live.delivered = 0
+        self._progress = progress(total=config.max_iterations, desc="Refine")
+        work = _tasks.refine(
+            self._current_session(), make_session, feedback, config, self._runner.cancelled
+        )
+        return self._start(
+            "refining",
+            work,
+            on_result=partial(self._show_outcome, image),
+            on_yielded=self._on_step,
+            wait=wait,
+        )
+
+    def cancel(self, *_: Any) -> None:
+        """Stop the running refinement after its current step (the result stays undoable)."""
+        if self._runner.busy:
+            self._runner.cancel()
+            self._set_status("Cancelling after the current step…")
+
+    def _history(self, action: str, wait: bool) -> Any:
+        if self._session is None:
+            show_info("Nothing to undo yet: Predict and Refine first")
+            return None
+        image = self._session_image
+        return self._start(
+            action,
+            partial(_tasks.history, self._session, action),
+            on_result=partial(self._show_outcome, image),
+            wait=wait,
+        )
+
+    def undo(self, wait: bool = False) -> Any:
+        """Undo the last refinement (background task).
+
+        Parameters
+        ----------
+        wait : bool
+            Block (processing Qt events) until done.
+
+        Returns
+        -------
+        worker or None
+            The thread worker.
+        """
+        return self._history("undo", wait)
+
+    def redo(self, wait: bool = False) -> Any:
+        """Redo the last undone refinement (background task).
+
+        Parameters
+        ----------
+        wait : bool
+            Block (processing Qt events) until done.
+
+        Returns
+        -------
+        worker or None
+            The thread worker.
+        """
+        return self._history("redo", wait)
+
+    def reset_model(self, wait: bool = False) -> Any:
+        """Return to the pre-trained head (undoable; background task).
+
+        Parameters
+        ----------
+        wait : bool
+            Block (processing Qt events) until done.
+
+        Returns
+        -------
+        worker or None
+            The thread worker.
+        """
+        return self._history("reset", wait)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Process Qt events until the running task has finished and its result is shown.
+
+        Parameters
+        ----------
+        timeout : float, optional
+            Seconds to wait at most.
+
+        Returns
+        -------
+        bool
+            True when idle.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._runner.busy:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            self._runner.wait(left)
+        return True
+
+    # ------------------------------------------------------------------ running
+    def _start(self, name: str, work: Any, *, on_result, on_yielded=None, wait: bool) -> Any:
+        if self._closed:
+            return None
+        if self._runner.busy:
+            show_info(f"Busy {self._runner.name}: wait or Cancel first")
+            return None
+        self._set_status(f"{name.capitalize()}…")
+        worker = self._runner.start(
+            name,
+            work,
+            on_result=self._guard(on_result),
+            on_yielded=self._guard(on_yielded) if on_yielded else None,
+            on_failed=self._guard(self._on_failed),
+        )
+        if wait:
+            self._runner.wait()
+        return worker
+
+    def _guard(self, handler):
+        def guarded(value: Any) -> None:
+            if not self._closed:
+                handler(value)
+
+        return guarded
+
+    def _on_busy(self, busy: bool) -> None:
+        if not busy:
+            self._live.flush()
+            if self._progress is not None:
+                self._progress.close()
+                self._progress = None
+        if not self._closed:
+            self._update_buttons()
+            if not busy and self._reload_wanted:
+                self.load_model()
+
+    def _on_failed(self, failed: Failed) -> None:
+        self._set_status(f"Failed: {failed.message}")
+        show_error(failed.message)
+
+    def _on_step(self, step: Any) -> None:
+        if self._progress is not None:
+            self._progress.set_description(f"Refine: loss {step.loss:.3g}, {step.violations} wrong")
+            self._progress.update(max(0, step.iteration - self._progress.n))
+        self._set_status(
+            f"Iteration {step.iteration}: loss {step.loss:.3g}, "
+            f"{step.violations} scribbled pixels still wrong"
+        )
+        if step.prediction is not None:
+            self._live.push(step.prediction)
+
+    def _show_live_prediction(self, prediction: np.ndarray) -> None:
+        image = self._image.value
+        if image is None or self._closed:
+            return
+        self._prediction_layer = _layers.set_output(
+            self._viewer,
+            self._prediction_layer,
+            np.asarray(prediction),
+            name=f"{image.name} prediction",
+            image=image,
+            colormap=_layers.prediction_colormap(self._class_names),
+            opacity=0.5,
+            features=_layers.class_features(self._class_names, offset=0),
+        )
+
+    def _show_outcome(self, image: Image, outcome: _tasks.Outcome) -> None:
+        self._live.discard()
+        self._session, self._session_image = outcome.session, image
+        self._apply_classes(list(outcome.session.class_names))
+        self._show_live_prediction(outcome.prediction)
+        if outcome.instances is not None:
+            self._instances_layer = _layers.set_output(
+                self._viewer,
+                self._instances_layer,
+                np.asarray(outcome.instances),
+                name=f"{image.name} instances",
+                image=image,
+                colormap=_layers.instance_colormap(outcome.instance_classes),
+                opacity=0.9,
+            )
+            self._instances_layer.colormap = _layers.instance_colormap(outcome.instance_classes)
+            self._instances_layer.contour = 1
+        self.reset_choices()
+        self._set_status(outcome.message)
+
+    def _set_status(self, message: str) -> None:
+        self._status.value = message
+        if not self._closed:
+            self._viewer.status = f"Scribble Refine: {message}"
+
+    def _update_buttons(self, *_: Any) -> None:
+        busy = self._runner.busy
+        has_image = self._image.value is not None
+        session = self._session
+        self._predict_button.enabled = not busy and has_image
+        self._refine_button.enabled = not busy and has_image
+        self._cancel_button.enabled = busy and self._runner.name == "refining"
+        self._undo_button.enabled = not busy and bool(session is not None and session.can_undo)
+        self._redo_button.enabled = not busy and bool(session is not None and session.can_redo)
+        self._reset_button.enabled = not busy and session is not None
+        for widget in (self._image, self._model_choice, self._device):
+            widget.enabled = not busy
+
+    def _on_shortcut(self, action: str, _viewer: Any = None) -> None:
+        if not self._closed:
+            getattr(self, action)()
+
+    # ------------------------------------------------------------------ closing
+    def shutdown(self) -> None:
+        """Stop any running task and let go of the viewer (called when the widget closes)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._runner.stop()
+        self._live.discard()
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
+        for key in SHORTCUTS.values():
+            self._viewer.bind_key(key, None)
+        layers = self._viewer.layers
+        for event in (layers.events.inserted, layers.events.removed, layers.events.reordered):
+            event.disconnect(self._on_layers_changed)

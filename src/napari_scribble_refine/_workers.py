@@ -1,0 +1,264 @@
+"""Running engine work in napari thread workers, one task at a time.
+
+The widget hands a plain function or generator to :class:`TaskRunner`; the runner wraps it
+so that exceptions come back as :class:`Failed` results (shown as notifications by the
+widget, never as tracebacks on the console). Cancelling sets :attr:`TaskRunner.cancelled`,
+which the task's generator checks after each yield: it then stops, closes the engine's
+generator in the worker thread and returns the state reached, so a cancelled refinement
+leaves the session consistent and undoable. (``worker.quit()`` would abandon the generator
+suspended mid-iteration instead.) Handlers run on the GUI thread. :class:`Throttle` keeps
+only the latest of a burst of values and delivers at most one every ``interval_ms``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any
+
+from napari.qt.threading import create_worker
+from qtpy.QtCore import QEventLoop, QTimer
+
+
+@dataclass
+class Failed:
+    """What a task returns instead of raising.
+
+    Attributes
+    ----------
+    error : Exception
+        The exception the task raised.
+    """
+
+    error: Exception
+
+    @property
+    def message(self) -> str:
+        """One line for the user: the engine's message (with the type when it is empty)."""
+        text = str(self.error).strip()
+        return text or type(self.error).__name__
+
+
+def _run_generator(gen: Generator, done: threading.Event):
+    try:
+        return (yield from gen)
+    except Exception as error:  # noqa: BLE001 - every failure becomes a notification
+        return Failed(error)
+    finally:
+        gen.close()
+        done.set()
+
+
+def _run_function(func: Callable[[], Any], done: threading.Event):
+    try:
+        return func()
+    except Exception as error:  # noqa: BLE001 - every failure becomes a notification
+        return Failed(error)
+    finally:
+        done.set()
+
+
+class TaskRunner:
+    """Runs one engine task at a time in a napari thread worker.
+
+    Parameters
+    ----------
+    on_busy : callable
+        Called with True when a task starts and False when it has finished (GUI thread).
+    """
+
+    def __init__(self, on_busy: Callable[[bool], None]) -> None:
+        self._on_busy = on_busy
+        self.worker = None
+        self.name = ""
+        self._cancel = threading.Event()
+        self._done = threading.Event()
+        self._done.set()
+        self._waiting: list[QEventLoop] = []
+
+    @property
+    def busy(self) -> bool:
+        """Whether a task is running (or its handlers have not all run yet)."""
+        return self.worker is not None
+
+    def start(
+        self,
+        name: str,
+        work: Callable[[], Any] | Generator,
+        *,
+        on_result: Callable[[Any], None],
+        on_yielded: Callable[[Any], None] | None = None,
+        on_failed: Callable[[Failed], None],
+    ):
+        """Start a task in a thread worker.
+
+        Parameters
+        ----------
+        name : str
+            What the task does, e.g. ``"refine"`` (shown while it runs).
+        work : callable or generator
+            A function of no arguments, or a generator whose yields reach ``on_yielded``.
+        on_result : callable
+            Called with the function's or generator's return value, unless it failed.
+        on_yielded : callable, optional
+            Called with each yielded value.
+        on_failed : callable
+            Called with a :class:`Failed` when the task raised.
+
+        Returns
+        -------
+        napari.qt.threading.WorkerBase
+            The started worker (tests wait on its ``finished`` signal).
+
+        Raises
+        ------
+        RuntimeError
+            If a task is already running.
+        """
+        if self.busy:
+            raise RuntimeError(f"Busy: {self.name} is still running")
+        self._cancel = threading.Event()
+        self._done = threading.Event()
+        if isinstance(work, Generator):
+            worker = create_worker(_run_generator, work, self._done)
+            if on_yielded is not None:
+                worker.yielded.connect(on_yielded)
+        else:
+            worker = create_worker(_run_function, work, self._done)
+
+        def returned(value: Any) -> None:
+            if isinstance(value, Failed):
+                on_failed(value)
+            else:
+                on_result(value)
+
+        def finished() -> None:
+            self.worker = None
+            self._on_busy(False)
+            for loop in self._waiting:
+                loop.quit()
+
+        worker.returned.connect(returned)
+        worker.errored.connect(lambda error: on_failed(Failed(error)))
+        worker.finished.connect(finished)
+        self.worker = worker
+        self.name = name
+        self._on_busy(True)
+        worker.start()
+        return worker
+
+    def cancel(self) -> None:
+        """Ask the running task to stop after its current step (a plain function runs on)."""
+        self._cancel.set()
+
+    def cancelled(self) -> bool:
+        """Whether the current (or last) task was asked to stop (thread-safe).
+
+        Returns
+        -------
+        bool
+            True after :meth:`cancel`.
+        """
+        return self._cancel.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Process Qt events until the running task's handlers have all run.
+
+        Parameters
+        ----------
+        timeout : float, optional
+            Seconds to wait at most (no limit when None).
+
+        Returns
+        -------
+        bool
+            True when no task is running any more.
+        """
+        if self.worker is None:
+            return True
+        loop = QEventLoop()
+        if timeout is not None:
+            timer = QTimer(loop)
+            timer.setSingleShot(True)
+            timer.timeout.connect(loop.quit)
+            timer.start(int(timeout * 1000))
+        self._waiting.append(loop)
+        try:
+            loop.exec()
+        finally:
+            self._waiting.remove(loop)
+        return self.worker is None
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Cancel the task and block until its thread has let go of the engine.
+
+        Used when the widget closes: no Qt events are processed, so no handler touches a
+        layer afterwards.
+
+        Parameters
+        ----------
+        timeout : float
+            Seconds to wait at most.
+
+        Returns
+        -------
+        bool
+            True when the thread finished within ``timeout``.
+        """
+        self.cancel()
+        return self._done.wait(timeout)
+
+
+class Throttle:
+    """Deliver the latest of a burst of values, at most once per interval (GUI thread).
+
+    Parameters
+    ----------
+    interval_ms : int
+        Shortest time between two deliveries.
+    deliver : callable
+        Called with the value.
+    """
+
+    def __init__(self, interval_ms: int, deliver: Callable[[Any], None]) -> None:
+        self._interval = interval_ms / 1000
+        self._deliver = deliver
+        self._last = -float("inf")
+        self._pending: Any = None
+        self._has_pending = False
+        self._timer = QTimer()
+        self._timer.setSingleShot(True)
+        self._timer.timeout.connect(self.flush)
+        self.delivered = 0
+
+    def push(self, value: Any) -> None:
+        """Offer a value: delivered now, or later if one was delivered very recently.
+
+        Parameters
+        ----------
+        value : Any
+            The value (replaces any value still waiting).
+        """
+        self._pending, self._has_pending = value, True
+        wait = self._last + self._interval - time.perf_counter()
+        if wait <= 0:
+            self.flush()
+        elif not self._timer.isActive():
+            self._timer.start(max(1, int(wait * 1000)))
+
+    def flush(self) -> None:
+        """Deliver the waiting value, if any, now."""
+        self._timer.stop()
+        if not self._has_pending:
+            return
+        value, self._pending, self._has_pending = self._pending, None, False
+        self._last = time.perf_counter()
+        self.delivered += 1
+        self._deliver(value)
+
+    def discard(self) -> None:
+        """Forget the waiting value without delivering it."""
+        self._timer.stop()
+        self._pending, self._has_pending = None, False

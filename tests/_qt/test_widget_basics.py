@@ -1,0 +1,142 @@
+"""The widget's layout, layers and input errors (no refinement needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from napari.layers import Labels
+
+from napari_scribble_refine import _layers
+from napari_scribble_refine._widget import ScribbleRefineWidget
+from napari_scribble_refine.scripting import PLUGIN, WIDGET
+
+
+def test_manifest_validates():
+    from npe2 import PluginManifest
+
+    manifest = PluginManifest.from_distribution(PLUGIN)
+    manifest.validate_imports()
+    assert [w.display_name for w in manifest.contributions.widgets] == [WIDGET]
+
+
+def test_npe2_validate_command():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    npe2 = Path(sys.executable).with_name("npe2")
+    out = subprocess.run(
+        [str(npe2), "validate", PLUGIN, "--imports"], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_dock_by_plugin_name(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
+    assert isinstance(widget, ScribbleRefineWidget)
+    assert f"{WIDGET} ({PLUGIN})" in viewer.window.dock_widgets
+    assert widget.viewer.layers is not None
+    widget.wait(60)
+
+
+def test_every_control_has_a_tooltip(make_napari_viewer):
+    widget = ScribbleRefineWidget(make_napari_viewer())
+    widget.wait(60)
+
+    def walk(container):
+        for child in container:
+            if hasattr(child, "__iter__") and not hasattr(child, "choices"):
+                yield from walk(child)
+            else:
+                yield child
+
+    missing = [w.label or w.name for w in walk(widget) if not w.tooltip]
+    assert missing == []
+
+
+def test_new_scribbles_matches_image_and_classes(viewer_with_image, qtbot):
+    widget = ScribbleRefineWidget(viewer_with_image)
+    widget.wait(60)
+    layer = widget.new_scribbles()
+    image = viewer_with_image.layers["nuclei"]
+    assert isinstance(layer, Labels)
+    assert layer.data.shape == image.data.shape
+    assert not layer.data.any()
+    assert widget._scribbles.value == layer
+    names = widget.class_names
+    assert names[0] == "background"
+    for c in range(len(names)):
+        np.testing.assert_allclose(layer.colormap.map(c + 1), _layers.class_colour(c))
+    assert list(layer.features["class"]) == ["unpainted", *names]
+
+
+def test_palette_sets_brush(viewer_with_image):
+    widget = ScribbleRefineWidget(viewer_with_image)
+    widget.wait(60)
+    layer = widget.new_scribbles()
+    widget.select_class(0)
+    assert layer.selected_label == 1
+    widget._palette[1].native.click()
+    assert layer.selected_label == 2
+    assert layer.mode == "paint"
+    layer.selected_label = 1  # keyboard change shows in the palette
+    assert widget._palette[0].native.isChecked()
+    assert not widget._palette[1].native.isChecked()
+
+
+def test_advanced_settings_folded(make_napari_viewer):
+    widget = ScribbleRefineWidget(make_napari_viewer())
+    settings = widget._settings
+    assert settings.advanced.native.isHidden()
+    settings.show_advanced.value = True
+    assert not settings.advanced.native.isHidden()
+    widget.configure(iterations=7, learning_rate=0.02, n_layers=2, region_growing=False)
+    config = widget.config()
+    assert (config.max_iterations, config.learning_rate, config.n_layers) == (7, 0.02, 2)
+    assert not config.region_growing
+    assert not settings.grow_threshold.enabled
+    with pytest.raises(TypeError, match="valid"):
+        widget.configure(iterationz=3)
+    widget.wait(60)
+
+
+def test_no_image_layer_error(make_napari_viewer, notifications):
+    widget = ScribbleRefineWidget(make_napari_viewer())
+    widget.wait(60)
+    assert widget.predict() is None
+    assert widget.refine() is None
+    assert widget.new_scribbles() is None
+    errors = notifications.errors()
+    assert errors and all("No image layer" in e for e in errors)
+
+
+def test_4d_image_error(make_napari_viewer, notifications):
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(0)
+    viewer.add_image(rng.random((2, 3, 32, 32)), name="movie")
+    widget = ScribbleRefineWidget(viewer)
+    widget.wait(60)
+    assert widget.predict() is None
+    assert any("4D images are not supported" in e for e in notifications.errors())
+
+
+def test_scribbles_of_another_shape_error(viewer_with_image, notifications):
+    widget = ScribbleRefineWidget(viewer_with_image)
+    widget.wait(60)
+    other = viewer_with_image.add_labels(np.zeros((50, 60), np.uint8), name="wrong")
+    other.data[10:20, 10:20] = 2
+    widget.configure(scribbles=other)
+    assert widget.refine() is None
+    errors = notifications.errors()
+    assert any("spatial shape (128, 128)" in e and "(50, 60)" in e for e in errors), errors
+
+
+def test_widget_never_writes_user_layers(docked, qtbot):
+    viewer = docked.viewer
+    image = viewer.layers["nuclei"]
+    before = image.data.copy()
+    docked.predict(wait=True)
+    assert docked.prediction_layer is not None
+    assert docked.prediction_layer != image
+    np.testing.assert_array_equal(image.data, before)
