@@ -552,3 +552,29 @@ def test_default_config(model2, scene):
     assert isinstance(session.config, RefineConfig)
     assert session.class_names == ["background", "nucleus"]
     assert CLASSES3[:2] == session.class_names
+
+
+@pytest.mark.parametrize("head", [None, ["dec", "final"]])
+def test_head_runs_in_pieces_without_changing_the_result(monkeypatch, unet2, config, head):
+    import napari_scribble_refine.core.session as session_module
+
+    image = disks_scene(np.random.default_rng(4), size=100, n_bright=5)[0][:, :70]
+    model = TorchModuleModel(unet2, ["background", "nucleus"], head=head, size_multiple=2)
+    session = RefineSession(model, image, config)
+    whole, whole_map = session.logits(), session.predict()
+    monkeypatch.setattr(session_module, "HEAD_CHUNK_PIXELS", 400)
+    torch.testing.assert_close(session.logits(), whole, rtol=1e-5, atol=1e-5)
+    session._version += 1  # force the class map to be recomputed in pieces
+    np.testing.assert_array_equal(session.predict(), whole_map)
+
+
+def test_opaque_prediction_on_a_non_square_image_matches_the_network(unet2, config):
+    image = disks_scene(np.random.default_rng(4), size=100, n_bright=5)[0][:, :70]
+    model = TorchModuleModel(
+        unet2, ["background", "nucleus"], head=["up", "final"], size_multiple=2
+    )
+    session = RefineSession(model, image, config)
+    x = torch.from_numpy(session.model.normalise_image(image))[None, None]
+    with torch.no_grad():
+        expected = session.model.network(x)
+    torch.testing.assert_close(session.logits(), expected, rtol=1e-5, atol=1e-5)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import time
 import warnings
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 
 import numpy as np
 import torch
@@ -213,42 +213,51 @@ class RefineSession:
         return self._history.position
 
     def _changed(self) -> None:
+        for p in self.model.network.parameters():  # restored parameters arrive trainable
+            p.requires_grad_(False)
         self._version += 1
         self._run_token += 1  # a refinement still suspended must not step any more
 
     # ------------------------------------------------------------------ prediction
-    def _slice_logits(self, index: int) -> torch.Tensor:
-        """Logits [1, C, Y, X] of one image (slice), computed in bounded pieces."""
+    def _head_pieces(self, index: int) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """Run the head over one image (slice) in bounded pieces: ``(y0, x0, logits)``."""
         model = self.model
         height, width = self.spatial_shape[-2:]
-        if model.trunk_is_cached:
-            halo = 0 if model.head_is_pointwise else int(model.head_halo)
-            pixels, full_width = HEAD_CHUNK_PIXELS, model.head_is_pointwise
+        if model.trunk_is_cached and model.head_is_pointwise:
+            rows, cols, halo = max(1, HEAD_CHUNK_PIXELS // width), width, 0
+        elif model.trunk_is_cached:
+            side = int(HEAD_CHUNK_PIXELS**0.5)
+            rows, cols, halo = side, side, int(model.head_halo)
+        elif height <= self.tile_size and width <= self.tile_size:
+            rows, cols, halo = height, width, 0  # opaque: the whole image at once
         else:
-            halo, pixels, full_width = self.tile_halo, self.tile_size**2, False
-            if height <= self.tile_size and width <= self.tile_size:
-                pixels, halo = height * width, 0
-        out: torch.Tensor | None = None
+            rows, cols, halo = self.tile_size, self.tile_size, self.tile_halo
         with torch.inference_mode():
             for ys, xs, keep_y, keep_x in head_windows(
-                height, width, pixels=pixels, halo=halo, full_width=full_width
+                height, width, rows=rows, cols=cols, halo=halo
             ):
                 logits = model.head(crop_features(self.features, index, ys, xs))
-                if out is None:
-                    out = torch.empty(
-                        (1, logits.shape[1], height, width), dtype=logits.dtype, device="cpu"
-                    )
-                y0 = ys.start + keep_y.start
-                x0 = xs.start + keep_x.start
-                piece = logits[..., keep_y, keep_x]
-                out[..., y0 : y0 + piece.shape[-2], x0 : x0 + piece.shape[-1]] = piece.cpu()
-        assert out is not None
+                yield ys.start + keep_y.start, xs.start + keep_x.start, logits[0, :, keep_y, keep_x]
+
+    def _slice_logits(self, index: int) -> torch.Tensor:
+        """Logits [1, C, Y, X] of one image (slice) on the CPU."""
+        height, width = self.spatial_shape[-2:]
+        out = torch.empty((1, self.n_classes, height, width), dtype=torch.float32)
+        for y0, x0, piece in self._head_pieces(index):
+            h, w = piece.shape[-2:]
+            out[0, :, y0 : y0 + h, x0 : x0 + w] = piece.float().cpu()
         return out
 
     def _compute_class_map(self) -> np.ndarray:
+        """Argmax per piece, so only the int32 class map is ever whole-image sized."""
+        height, width = self.spatial_shape[-2:]
         n = self.spatial_shape[0] if self.image_info.is_3d else 1
-        planes = [class_map_of(self._slice_logits(i)[0]) for i in range(n)]
-        return np.stack(planes) if self.image_info.is_3d else planes[0]
+        class_map = np.empty((n, height, width), dtype=np.int32)
+        for index in range(n):
+            for y0, x0, piece in self._head_pieces(index):
+                h, w = piece.shape[-2:]
+                class_map[index, y0 : y0 + h, x0 : x0 + w] = class_map_of(piece.float().cpu())
+        return class_map if self.image_info.is_3d else class_map[0]
 
     def predict(self) -> np.ndarray:
         """Compute (or reuse) the class map of the whole image with the current head.

@@ -152,20 +152,18 @@ def crop_features(features: Features, index: int, ys: slice, xs: slice) -> Featu
 
 
 def head_windows(
-    height: int, width: int, *, pixels: int, halo: int, full_width: bool
+    height: int, width: int, *, rows: int, cols: int, halo: int
 ) -> Iterator[tuple[slice, slice, slice, slice]]:
-    """Windows to run a head over an image in pieces of about ``pixels`` pixels.
+    """Windows to run a head over an image piece by piece.
 
     Parameters
     ----------
     height, width : int
         Image size.
-    pixels : int
-        Target pixels per piece (halo excluded).
+    rows, cols : int
+        Size of each piece without its halo.
     halo : int
         Context each piece needs on every side.
-    full_width : bool
-        Cut into bands of whole rows (cheapest for point-wise heads) instead of squares.
 
     Yields
     ------
@@ -173,12 +171,6 @@ def head_windows(
         ``(ys_in, xs_in, ys_keep, xs_keep)``: the window to run, and the part of its output
         to keep, relative to the window.
     """
-    if full_width:
-        rows = max(1, pixels // max(width, 1))
-        cols = width
-    else:
-        side = max(32, int(math.sqrt(pixels)))
-        rows = cols = side
     for y0, y1 in tile_ranges(height, rows):
         for x0, x1 in tile_ranges(width, cols):
             ya, yb = max(0, y0 - halo), min(height, y1 + halo)
