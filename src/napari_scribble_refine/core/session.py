@@ -307,7 +307,8 @@ class RefineSession:
         labels : numpy.ndarray
             int32 of :attr:`spatial_shape`, 0 = background, 1..N (unique over a stack).
         classes : dict of int to int
-            Instance label -> its majority class in the class map.
+            Instance label -> its class: the adapter's ``instance_types`` rule when it has
+            one, else the majority foreground class in the class map.
         """
         from .postprocess import class_map_to_instances
 
@@ -316,7 +317,7 @@ class RefineSession:
         if getattr(method, "__func__", None) is SegmentationModel.instances:
             # no model-specific post-processing: one watershed over the image or stack
             result = np.asarray(class_map_to_instances(class_map)).astype(np.int32)
-            return result, instance_classes(result, class_map)
+            return result, self._instance_classes(result, class_map)
         planes = class_map if self.image_info.is_3d else class_map[None]
         labels = []
         offset = 0
@@ -331,7 +332,13 @@ class RefineSession:
             offset = max(offset, int(own.max(initial=0)))
             labels.append(own)
         result = np.stack(labels) if self.image_info.is_3d else labels[0]
-        return result, instance_classes(result, class_map)
+        return result, self._instance_classes(result, class_map)
+
+    def _instance_classes(self, labels: np.ndarray, class_map: np.ndarray) -> dict[int, int]:
+        own = getattr(self.model, "instance_types", None)
+        if own is not None:
+            return {int(k): int(v) for k, v in own(labels, class_map).items()}
+        return instance_classes(labels, class_map)
 
     # ------------------------------------------------------------------ history
     def undo(self) -> bool:
