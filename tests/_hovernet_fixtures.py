@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from napari_scribble_refine.core.models.hovernet import HoVerNet
+
 REFERENCE = Path("/work/shared/reference")
 KEYS_DIR = Path(__file__).parent / "data"
 
@@ -27,7 +29,10 @@ def read_keys(name: str) -> list[tuple[str, list[int], str]]:
 
 
 def fixture_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The reference's deterministic weights (section f.1) for ``model``'s state dict."""
+    """The reference's deterministic weights (section f.1) for ``model``'s state dict.
+
+    ``model`` may live on the meta device; the result is on the CPU, in state-dict order.
+    """
     sd = model.state_dict()
     out = {}
     for i, key in enumerate(sorted(sd)):
@@ -36,12 +41,13 @@ def fixture_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
             out[key] = torch.tensor(0, dtype=torch.int64)
             continue
         if key == "upsample2x.unpool_mat":
-            out[key] = torch.ones_like(ref)
+            out[key] = torch.ones(ref.shape, dtype=torch.float32)
             continue
         n = ref.numel()
-        k = torch.arange(n, dtype=torch.int64)
-        p = ((k * 7919 + i * 104729) % 2001 - 1000).to(torch.float32) / 1000.0
-        p = p.reshape(ref.shape)
+        # p depends on k only through k mod 2001: build one period and repeat it
+        k = torch.arange(min(n, 2001), dtype=torch.int64)
+        period = ((k * 7919 + i * 104729) % 2001 - 1000).to(torch.float32) / 1000.0
+        p = period.repeat(-(-n // period.numel()))[:n].reshape(ref.shape)
         if ref.ndim == 4:
             fan_in = n // ref.shape[0]
             value = p * math.sqrt(3.0 / fan_in)
@@ -57,6 +63,15 @@ def fixture_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
             raise AssertionError(key)
         out[key] = value
     return {k: out[k] for k in sd}
+
+
+def fixture_model(mode: str, nr_types: int | None) -> HoVerNet:
+    """An official-size HoVer-Net in eval mode holding the f.1 weights (no random init)."""
+    with torch.device("meta"):
+        model = HoVerNet(mode=mode, nr_types=nr_types)
+    model = model.to_empty(device="cpu")
+    model.load_state_dict(fixture_state_dict(model), strict=True)
+    return model.eval()
 
 
 def fixture_input(size: int) -> torch.Tensor:

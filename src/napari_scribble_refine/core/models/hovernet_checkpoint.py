@@ -214,14 +214,31 @@ def _check_against(
         )
 
 
+def _unpickler_detail(err: Exception) -> str:
+    """Extract the useful part of torch's long weights-only error message."""
+    text = str(err)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1].split("Check the documentation", 1)[0]
+    return " ".join(text.split())[:300]
+
+
 def _torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        detail = _unpickler_detail(err)
+        if "global" in detail.lower():
+            raise ValueError(
+                f"{path}: refused to load objects other than tensors and plain containers "
+                f"(torch.load with weights_only=True; such files can run code): {detail}"
+            ) from err
         raise ValueError(
-            f"{path}: refused to load objects other than tensors and plain containers "
-            f"(torch.load with weights_only=True): {err}"
+            f"{path} is not a readable PyTorch checkpoint (corrupt, truncated or another "
+            f"format): {detail}"
         ) from err
+    except FileNotFoundError:
+        raise
     except (
         RuntimeError,
         EOFError,
@@ -230,12 +247,12 @@ def _torch_load(path: Path) -> Any:
         ValueError,
         AttributeError,
         TypeError,
+        IndexError,
+        KeyError,
     ) as err:
-        if isinstance(err, FileNotFoundError):
-            raise
         raise ValueError(
             f"{path} is not a readable PyTorch checkpoint (corrupt, truncated or another "
-            f"format): {type(err).__name__}: {err}"
+            f"format): {type(err).__name__}: {_unpickler_detail(err)}"
         ) from err
 
 
@@ -286,8 +303,9 @@ def load_hovernet_checkpoint(
     model = HoVerNet(config)
     counters = [k for k in model.state_dict() if k.endswith(_COUNTER)]
     present = [k for k in counters if k in state]
-    if present and len(present) != len(counters):
-        absent = [k for k in counters if k not in state]
+    # counters of BN layers whose weights are missing too are reported as missing keys below
+    absent = [k for k in counters if k not in state and k[: -len(_COUNTER)] + "weight" in state]
+    if present and absent:
         raise ValueError(
             f"{path}: BatchNorm counters must be all present or all absent "
             f"({_describe(config.mode, config.nr_types)}); "
