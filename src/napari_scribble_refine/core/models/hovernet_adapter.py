@@ -9,9 +9,11 @@ Classes and logits
         log p(type c)     = log softmax(NP)[1] + log softmax(TP[1:])[c - 1]
 
     so they sum to one over classes, cross-entropy trains the NP and TP heads together, and
-    argmax gives the class map. (TP channel 0, "no label", is not used.) After a class is
-    added to an untyped model the NP branch has one more channel and the log-probabilities
-    are ``log softmax(NP)``.
+    argmax gives the class map. (TP channel 0, "no label", is not used.) A class added to an
+    untyped model becomes an extra NP channel; the nucleus probability then stays
+    ``softmax(NP[:2])[1]`` and is shared among NP channels 1, 2, ... by ``softmax(NP[1:])``
+    (the same rule with ``NP[1:]`` in place of ``TP[1:]``), so adding a class does not
+    change the background.
 
 Head depth (``n_layers``)
     1: ``u0.conv`` (1x1, point-wise); 2: ``u0.bn`` + ReLU + ``u0.conv`` (point-wise, BN in
@@ -418,12 +420,15 @@ class HoVerNetModel(SegmentationModel):
         torch.Tensor
             Log-probabilities [N, n_classes, h, w] (they are valid logits).
         """
-        log_np = F.log_softmax(self._head["np"](features["np"]), dim=1)
-        if not self.typed:
-            return log_np
-        tp = self._head["tp"](features["tp"])
-        log_tp = F.log_softmax(tp[:, 1:], dim=1)
-        return torch.cat([log_np[:, :1], log_np[:, 1:2] + log_tp], dim=1)
+        np_logits = self._head["np"](features["np"])
+        if self.typed:
+            split = self._head["tp"](features["tp"])[:, 1:]
+        elif np_logits.shape[1] > 2:
+            split = np_logits[:, 1:]  # classes added to an untyped model share the nucleus mass
+        else:
+            return F.log_softmax(np_logits, dim=1)
+        log_np = F.log_softmax(np_logits[:, :2], dim=1)
+        return torch.cat([log_np[:, :1], log_np[:, 1:2] + F.log_softmax(split, dim=1)], dim=1)
 
     def add_class(self, name: str, init_from: int) -> None:
         """Add a class: one more TP channel (typed) or NP channel (untyped).
