@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q -c constraints.txt
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench benchmark clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_refine.py
+
+# Robot-user accuracy benchmark against rival methods (docs/benchmarks.md); target: 30 min on 2 cores.
+benchmark: $(VENV)/.installed
+	$(PIP) -e ".[bench]"
+	$(PY) benchmarks/run_benchmark.py
 
 clean:
 	rm -rf $(VENV) demo_output

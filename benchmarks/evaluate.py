@@ -1,0 +1,325 @@
+"""The robot-user loop for one method on one image, and the aggregation of its figures."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import time
+from collections.abc import Callable
+
+import numpy as np
+from baselines import BASELINES
+from bench_data import ClassSpace, Sample, class_space
+from ours import OursVariant, WholeNetworkModel, softmax_probabilities
+from problem import Problem
+from robot import RobotUser
+
+from napari_scribble_refine.core.config import RefineConfig
+from napari_scribble_refine.core.metrics import (
+    aggregated_jaccard_index,
+    dice,
+    iou,
+    number_of_interactions,
+    panoptic_quality,
+    per_class_dice,
+    scribble_agreement,
+)
+from napari_scribble_refine.core.session import RefineSession
+
+PAPER_DICE = [0.54, 0.62, 0.76, 0.81, 0.86]
+"""Sambaturu et al. (MICCAI 2021), nucleus segmentation: Dice after 1..5 interactions."""
+
+FIXED_KS = (1, 3, 5)
+"""Interactions scored in the fixed-scribbles mode."""
+
+Factory = Callable[[Problem], Callable[[np.ndarray], np.ndarray]]
+
+ALL_WEIGHTS_MAX_PIXELS = 512 * 512
+"""Images larger than this skip the all-weights variant (a full backward per step)."""
+
+
+def ours_config(args: argparse.Namespace, **changes: object) -> RefineConfig:
+    """Return our method's benchmark config (defaults, CPU, the run's seed)."""
+    return RefineConfig(seed=args.seed, device="cpu").replace(**changes)
+
+
+def make_methods(
+    sample: Sample, model, args: argparse.Namespace
+) -> tuple[dict[str, Factory], Problem, ClassSpace]:
+    """Build the initial prediction and one factory per method for a sample.
+
+    The session is created here (its trunk pass is the setup cost of our method); every
+    method starts from its initial prediction.
+
+    Returns
+    -------
+    methods : dict
+        Method name -> factory(problem) -> callable(scribbles) -> class map.
+    problem : Problem
+        The shared starting point.
+    space : ClassSpace
+        Evaluation classes.
+    """
+    session = RefineSession(model, sample.image, ours_config(args), rgb=sample.rgb)
+    model_probs = softmax_probabilities(session.logits())
+    space = class_space(model.class_names, sample)
+    probs = space.probabilities(model_probs)
+    initial = space.lut[np.argmax(model_probs, axis=0)].astype(np.uint8)
+    problem = Problem(sample.name, sample.image, sample.rgb, probs, initial, space.n_classes)
+
+    def variant(config: RefineConfig) -> Factory:
+        return lambda p: OursVariant(session, config, space, model_probs)
+
+    methods: dict[str, Factory] = {
+        "ours": variant(ours_config(args)),
+        "ours-no-grow": variant(ours_config(args, region_growing=False)),
+    }
+    if sample.image.shape[0] * sample.image.shape[1] <= ALL_WEIGHTS_MAX_PIXELS:
+        methods["ours-all-weights"] = _all_weights_factory(model, sample, space, model_probs, args)
+    for name, (factory, requirement) in BASELINES.items():
+        if requirement is None or importlib.util.find_spec(requirement) is not None:
+            methods[name] = factory
+    if args.methods:
+        wanted = {m.strip() for m in args.methods.split(",")}
+        methods = {k: v for k, v in methods.items() if k in wanted}
+    return methods, problem, space
+
+
+def _all_weights_factory(model, sample, space, model_probs, args) -> Factory:
+    cache: dict[str, RefineSession] = {}
+
+    def factory(problem: Problem) -> OursVariant:
+        if "session" not in cache:
+            cache["session"] = RefineSession(
+                WholeNetworkModel(model),
+                sample.image,
+                ours_config(args, max_iterations=20),
+                rgb=sample.rgb,
+            )
+        cfg = ours_config(args, max_iterations=20, learning_rate=0.005)
+        return OursVariant(cache["session"], cfg, space, model_probs)
+
+    return factory
+
+
+def class_map_instances(class_map: np.ndarray) -> np.ndarray:
+    """Split a class map into instances, the same way for every method."""
+    try:
+        from napari_scribble_refine.core.postprocess import class_map_to_instances
+    except ImportError:  # pragma: no cover - until postprocess lands
+        return _distance_watershed(class_map)
+    return np.asarray(class_map_to_instances(class_map))
+
+
+def _distance_watershed(class_map: np.ndarray) -> np.ndarray:
+    from scipy import ndimage as ndi
+    from skimage.feature import peak_local_max
+    from skimage.segmentation import watershed
+
+    fg = class_map > 0
+    dist = ndi.distance_transform_edt(fg)
+    comps, _ = ndi.label(fg)
+    peaks = peak_local_max(dist, min_distance=4, labels=comps, exclude_border=False)
+    markers = np.zeros(fg.shape, np.int32)
+    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+    return watershed(-dist, markers, mask=fg)
+
+
+def _scores(pred: np.ndarray, gt_cls: np.ndarray, n_classes: int) -> tuple[float, float, float]:
+    d = dice(pred, gt_cls)
+    j = iou(pred, gt_cls)
+    c = float("nan")
+    if n_classes > 2:
+        per = per_class_dice(pred, gt_cls, n_classes)[1:]
+        c = float(np.nanmean(per)) if np.isfinite(per).any() else float("nan")
+    return d, j, c
+
+
+def evaluate_method(
+    factory: Factory,
+    problem: Problem,
+    robot: RobotUser,
+    gt_inst: np.ndarray,
+    gt_cls: np.ndarray,
+    interactions: int,
+    cap: int,
+) -> dict:
+    """Run the robot loop for one method on one image.
+
+    Interactions k = 1..``interactions`` always run (for the Dice curves); after that the
+    loop goes on only until Dice reaches 0.90 (for NoC), at most to ``cap``. When the robot
+    finds no error region of at least its minimum size, nothing changes any more and the
+    remaining interactions up to K repeat the last figures without calling the method.
+
+    Returns
+    -------
+    dict
+        Per-interaction lists (dice, iou, class_dice, scribbled, agreement), call seconds,
+        setup seconds, NoC@0.85/0.90 (None = never within ``cap``) and AJI/PQ at k = 0, K.
+    """
+    t0 = time.perf_counter()
+    method = factory(problem)
+    setup = time.perf_counter() - t0
+    n = problem.n_classes
+    pred = problem.initial
+    scribbles = np.zeros(pred.shape, np.uint8)
+    d, j, c = _scores(pred, gt_cls, n)
+    rec: dict = {
+        "dice": [d],
+        "iou": [j],
+        "class_dice": [c],
+        "scribbled": [0],
+        "agreement": [float("nan")],
+        "sec": [],
+        "setup_sec": setup,
+    }
+    inst0 = class_map_instances(pred)
+    rec["aji0"] = aggregated_jaccard_index(inst0, gt_inst)
+    rec["pq0"] = panoptic_quality(inst0, gt_inst)["pq"]
+    idle = False
+    for k in range(1, cap + 1):
+        if k > interactions and (idle or rec["dice"][-1] >= 0.90):
+            break
+        if not idle:
+            scribbles, strokes = robot.interact(pred, scribbles, k)
+            idle = not strokes
+            if not idle:
+                t = time.perf_counter()
+                pred = method(scribbles)
+                rec["sec"].append(time.perf_counter() - t)
+                d, j, c = _scores(pred, gt_cls, n)
+        rec["dice"].append(d)
+        rec["iou"].append(j)
+        rec["class_dice"].append(c)
+        rec["scribbled"].append(int(np.count_nonzero(scribbles)))
+        rec["agreement"].append(scribble_agreement(pred, scribbles))
+        if k == interactions:
+            inst = class_map_instances(pred)
+            rec["ajiK"] = aggregated_jaccard_index(inst, gt_inst)
+            rec["pqK"] = panoptic_quality(inst, gt_inst)["pq"]
+    rec["noc85"] = number_of_interactions(rec["dice"], 0.85, cap)
+    rec["noc90"] = number_of_interactions(rec["dice"], 0.90, cap)
+    return rec
+
+
+def evaluate_fixed(
+    methods: dict[str, Factory],
+    problem: Problem,
+    robot: RobotUser,
+    gt_cls: np.ndarray,
+    ks: tuple[int, ...],
+) -> dict:
+    """Fixed-scribbles mode: one scribble set per k drawn on the initial prediction.
+
+    All methods get the same scribbles (the robot keeps scribbling the initial prediction's
+    errors); each method is called with the sets of ``ks`` in order.
+
+    Returns
+    -------
+    dict
+        ``{"k": ks, "scribbled": [...], "methods": {name: {"dice": [...], "class_dice": [...]}}}``.
+    """
+    sets = []
+    scribbles = np.zeros(problem.initial.shape, np.uint8)
+    for k in range(1, max(ks) + 1):
+        scribbles, _ = robot.interact(problem.initial, scribbles, k)
+        sets.append(scribbles)
+    out: dict = {
+        "k": list(ks),
+        "scribbled": [int(np.count_nonzero(sets[k - 1])) for k in ks],
+        "methods": {},
+    }
+    for name, factory in methods.items():
+        method = factory(problem)
+        dices, cls = [], []
+        for k in ks:
+            pred = method(sets[k - 1]) if sets[k - 1].any() else problem.initial
+            d, _, c = _scores(pred, gt_cls, problem.n_classes)
+            dices.append(d)
+            cls.append(c)
+        out["methods"][name] = {"dice": dices, "class_dice": cls}
+    return out
+
+
+def warm_up(methods: dict[str, Factory], problem: Problem, gt_cls: np.ndarray) -> None:
+    """Call every method once on a crop (imports, thread pools, JIT), untimed."""
+    ys = slice(0, min(128, problem.initial.shape[0]))
+    xs = slice(0, min(128, problem.initial.shape[1]))
+    crop = Problem(
+        problem.name,
+        problem.image[ys, xs],
+        problem.rgb,
+        problem.probabilities[:, ys, xs],
+        problem.initial[ys, xs],
+        problem.n_classes,
+    )
+    robot = RobotUser(gt_cls[ys, xs], problem.n_classes, seed=0, min_region=1)
+    scribbles, _ = robot.interact(crop.initial, np.zeros(crop.initial.shape, np.uint8), 1)
+    for name, factory in methods.items():
+        if name.startswith("ours"):
+            continue  # bound to the full image's session; the first sample warms it
+        factory(crop)(scribbles)
+
+
+def _mean(values: list[float]) -> float | None:
+    arr = np.asarray([v for v in values if v is not None], dtype=float)
+    arr = arr[np.isfinite(arr)]
+    return float(arr.mean()) if arr.size else None
+
+
+def _curve(recs: list[dict], key: str, length: int) -> list[float | None]:
+    return [_mean([r[key][k] for r in recs if len(r[key]) > k]) for k in range(length)]
+
+
+def summarise(recs: list[dict], interactions: int, cap: int) -> dict:
+    """Figures of one method over a group of images."""
+    secs = np.concatenate([np.asarray(r["sec"], float) for r in recs] + [np.zeros(0)])
+    out: dict = {"n_images": len(recs)}
+    for t in ("85", "90"):
+        nocs = [r["noc" + t] for r in recs]
+        out["noc" + t] = _mean([cap if v is None else v for v in nocs])
+        out["never" + t] = sum(v is None for v in nocs)
+    curve = _curve(recs, "dice", interactions + 1)
+    out["dice@3"] = curve[min(3, interactions)]
+    out["dice@5"] = curve[min(5, interactions)]
+    out["sec_median"] = float(np.median(secs)) if secs.size else None
+    out["sec_p90"] = float(np.percentile(secs, 90)) if secs.size else None
+    out["calls"] = int(secs.size)
+    out["setup_sec_mean"] = _mean([r["setup_sec"] for r in recs])
+    out["dice_curve"] = curve
+    out["iou_curve"] = _curve(recs, "iou", interactions + 1)
+    out["class_dice_curve"] = _curve(recs, "class_dice", interactions + 1)
+    out["scribbled_curve"] = _curve(recs, "scribbled", interactions + 1)
+    out["agreement_curve"] = _curve(recs, "agreement", interactions + 1)
+    for key in ("aji0", "ajiK", "pq0", "pqK"):
+        out[key] = _mean([r.get(key) for r in recs])
+    out["sec_curve"] = [
+        _mean([r["sec"][k] for r in recs if len(r["sec"]) > k]) for k in range(interactions)
+    ]
+    return out
+
+
+def aggregate(images: list[dict], interactions: int, cap: int) -> dict:
+    """``methods -> name -> source -> figures`` (plus an ``all`` source) and fixed mode."""
+    sources = sorted({im["source"] for im in images})
+    names: list[str] = []
+    for im in images:
+        names += [m for m in im["methods"] if m not in names]
+    methods: dict = {}
+    fixed: dict = {}
+    for name in names:
+        methods[name] = {}
+        fixed[name] = {}
+        for source in [*sources, "all"]:
+            group = [im for im in images if source in ("all", im["source"])]
+            recs = [im["methods"][name] for im in group if name in im["methods"]]
+            if recs:
+                methods[name][source] = summarise(recs, interactions, cap)
+            fx = [im["fixed"] for im in group if name in im.get("fixed", {}).get("methods", {})]
+            if fx:
+                ks = fx[0]["k"]
+                fixed[name][source] = {
+                    f"dice@{k}": _mean([f["methods"][name]["dice"][i] for f in fx])
+                    for i, k in enumerate(ks)
+                }
+    return {"methods": methods, "fixed": fixed}

@@ -1,0 +1,219 @@
+"""Benchmark scribble-driven correction against rival methods with a robot user.
+
+Usage::
+
+    python benchmarks/run_benchmark.py [--data DIR] [--limit N] [--out DIR] [--threads 2]
+
+Writes ``<out>/results.json`` (default ``benchmarks/results``), ``docs/benchmarks.md`` and the
+``docs/benchmark_*.png`` plots. Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def _early_threads(argv: list[str]) -> int:
+    """Read ``--threads`` before numpy and torch start their thread pools."""
+    for i, arg in enumerate(argv):
+        if arg == "--threads" and i + 1 < len(argv):
+            return int(argv[i + 1])
+        if arg.startswith("--threads="):
+            return int(arg.split("=", 1)[1])
+    return 2
+
+
+_THREADS = _early_threads(sys.argv)
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = str(_THREADS)
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_data import ground_truth, list_samples, load_sample  # noqa: E402
+from evaluate import (  # noqa: E402
+    FIXED_KS,
+    PAPER_DICE,
+    aggregate,
+    evaluate_fixed,
+    evaluate_method,
+    make_methods,
+    warm_up,
+)
+from robot import RobotUser, sample_seed  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "nuclei"
+
+
+def _load_models() -> dict[str, object]:
+    from napari_scribble_refine.core.models.registry import load_model
+
+    return {"grey": load_model("hovernet-fluo"), "rgb": load_model("hovernet-he")}
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Run every method on every sample; return the results dictionary."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    started = time.time()
+    load_start = os.getloadavg()
+    models = _load_models()
+    sources = list_samples(args.data, args.limit)
+    images: list[dict] = []
+    warmed = False
+    for source, folders in sources.items():
+        for folder in folders:
+            sample = load_sample(folder)
+            model = models["rgb" if sample.rgb else "grey"]
+            t0 = time.perf_counter()
+            methods, problem, space = make_methods(sample, model, args)
+            setup_ours = time.perf_counter() - t0
+            if not warmed:
+                warm_up(methods, problem, ground_truth(sample, space))
+                warmed = True
+            gt_cls = ground_truth(sample, space)
+            seed = sample_seed(sample.name, args.seed)
+            record = {
+                "sample": sample.name,
+                "source": source,
+                "shape": list(sample.image.shape),
+                "classes": space.names,
+                "model": model.name,
+                "setup_sec_ours": setup_ours,
+                "methods": {},
+                "fixed": {},
+            }
+            for name, factory in methods.items():
+                robot = RobotUser(gt_cls, space.n_classes, seed=seed)
+                record["methods"][name] = evaluate_method(
+                    factory, problem, robot, sample.labels, gt_cls, args.interactions, args.cap
+                )
+                print(_progress(sample.name, name, record["methods"][name]), flush=True)
+            if not args.no_fixed:
+                robot = RobotUser(gt_cls, space.n_classes, seed=seed)
+                record["fixed"] = evaluate_fixed(methods, problem, robot, gt_cls, FIXED_KS)
+            images.append(record)
+    elapsed = time.time() - started
+    meta = machine_meta(args, load_start, elapsed)
+    results = {
+        "meta": meta,
+        "paper": {"source": "Sambaturu et al., MICCAI 2021, nucleus data", "dice": PAPER_DICE},
+        **aggregate(images, args.interactions, args.cap),
+        "images": images,
+    }
+    return results
+
+
+def _progress(name: str, method: str, rec: dict) -> str:
+    d = rec["dice"]
+    secs = rec["sec"]
+    med = f"{np.median(secs):.2f}s" if secs else "-"
+    return (
+        f"{name:45s} {method:18s} dice {d[0]:.3f} -> {d[min(3, len(d) - 1)]:.3f}@3 "
+        f"-> {d[min(len(d) - 1, 10)]:.3f}@10  NoC90 {rec['noc90']}  {med}/call"
+    )
+
+
+def machine_meta(args: argparse.Namespace, load_start: tuple, elapsed: float) -> dict:
+    """Describe the machine and the run."""
+    import platform
+
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "command": " ".join(["python", "benchmarks/run_benchmark.py", *sys.argv[1:]]),
+        "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "limit": args.limit,
+        "limited_run": args.limit is not None,
+        "data": str(args.data),
+        "interactions": args.interactions,
+        "noc_cap": args.cap,
+        "seed": args.seed,
+        "threads": args.threads,
+        "torch_threads": torch.get_num_threads(),
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "load_average_start": [round(x, 2) for x in load_start],
+        "load_average_end": [round(x, 2) for x in os.getloadavg()],
+        "wall_seconds": round(elapsed, 1),
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="<source>/<sample>/ folders")
+    p.add_argument("--limit", type=int, default=None, help="first N samples of each source")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    p.add_argument("--docs", type=Path, default=REPO / "docs", help="report and plots folder")
+    p.add_argument("--threads", type=int, default=_THREADS)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--interactions", type=int, default=10, help="K")
+    p.add_argument("--cap", type=int, default=20, help="NoC cap")
+    p.add_argument("--methods", default=None, help="comma-separated subset of methods")
+    p.add_argument("--no-fixed", action="store_true", help="skip the fixed-scribbles mode")
+    p.add_argument(
+        "--perf-sizes",
+        default="256,512,1024,2048,4096",
+        help="image sides for the seconds-vs-size table ('' to skip)",
+    )
+    p.add_argument("--no-core-bench", action="store_true", help="skip bench_refine.py")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark and write results, report and plots."""
+    from performance import core_benchmark, size_scaling
+    from plots import write_plots
+    from report import write_report
+
+    args = parse_args(argv)
+    t_start = time.time()
+    warnings.filterwarnings("ignore", category=UserWarning)
+    results = run(args)
+    sizes = [int(s) for s in args.perf_sizes.split(",") if s.strip()]
+    results["performance"] = {
+        "size_scaling": size_scaling(sizes, args.threads, args.seed) if sizes else [],
+        "core_benchmark": None if args.no_core_bench else core_benchmark(REPO, args.threads),
+    }
+    results["meta"]["wall_seconds_total"] = round(time.time() - t_start, 1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=1, default=_json_default))
+    plots = write_plots(results, args.docs)
+    write_report(results, args.docs / "benchmarks.md", plots)
+    print(
+        f"wrote {args.out / 'results.json'}, {args.docs / 'benchmarks.md'} and {len(plots)} plots"
+    )
+
+
+def _json_default(obj: object) -> object:
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return None if np.isnan(obj) else round(float(obj), 5)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(type(obj))
+
+
+if __name__ == "__main__":
+    main()
