@@ -61,6 +61,10 @@ class OursVariant:
         self.last_result = self.session.run(model_scribbles)
         return self.space.lut[self.last_result.prediction].astype(np.uint8)
 
+    def instances(self) -> np.ndarray:
+        """Instances by the model's own post-processing (HoVer-Net: HV watershed)."""
+        return self.session.instances()
+
 
 class WholeNetworkModel(SegmentationModel):
     """A built-in (same-padded) HoVer-Net with its whole network as the head (BIFSeg-like).

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -20,7 +19,9 @@ INTERACTIONS = 3
 """Robot interactions timed per size."""
 
 
-def size_scaling(sizes: list[int], threads: int, seed: int = 0) -> list[dict]:
+def size_scaling(
+    sizes: list[int], threads: int, seed: int = 0, model_name: str = "hovernet-fluo"
+) -> list[dict]:
     """Time our method on synthetic fluorescence images of growing size.
 
     For each side s: a synthetic s x s image, the built-in fluorescence model, the session's
@@ -34,6 +35,8 @@ def size_scaling(sizes: list[int], threads: int, seed: int = 0) -> list[dict]:
         Torch threads (recorded only; the caller sets them).
     seed : int
         Seed of the synthetic images and the robot.
+    model_name : str
+        Registry name or path of the greyscale model.
 
     Returns
     -------
@@ -43,7 +46,7 @@ def size_scaling(sizes: list[int], threads: int, seed: int = 0) -> list[dict]:
     """
     from napari_scribble_refine.core.models.registry import load_model
 
-    model = load_model("hovernet-fluo")
+    model = load_model(model_name)
     rows = []
     for side in sizes:
         row: dict = {"side": side, "threads": threads}
@@ -77,37 +80,31 @@ def size_scaling(sizes: list[int], threads: int, seed: int = 0) -> list[dict]:
 
 
 def core_benchmark(repo: Path, threads: int, timeout: float = 600.0) -> dict | None:
-    """Run ``benchmarks/bench_refine.py`` in a subprocess and return its JSON.
-
-    The script is asked to write JSON to a file (``--json PATH``); failing that, the last
-    JSON object on its standard output is used.
+    """Run ``benchmarks/bench_refine.py`` in a subprocess and return the JSON it prints.
 
     Returns
     -------
     dict or None
-        Its results, ``{"error": ...}`` if it failed, or None if the script is missing.
+        Its results (the last JSON line of its output), ``{"error": ...}`` if it failed, or
+        None if the script is missing.
     """
     script = repo / "benchmarks" / "bench_refine.py"
     if not script.is_file():
         return None
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "bench_refine.json"
-        cmd = [sys.executable, str(script), "--json", str(out), "--threads", str(threads)]
-        try:
-            proc = subprocess.run(
-                cmd, capture_output=True, text=True, timeout=timeout, cwd=repo, check=False
-            )
-        except subprocess.TimeoutExpired:
-            return {"error": f"timed out after {timeout:.0f} s", "command": " ".join(cmd[1:])}
-        if out.is_file():
-            return json.loads(out.read_text())
-        for line in reversed(proc.stdout.strip().splitlines()):
-            if line.startswith("{"):
-                try:
-                    return json.loads(line)
-                except json.JSONDecodeError:
-                    break
-        return {
-            "error": f"exit {proc.returncode}: {proc.stderr.strip()[-300:]}",
-            "command": " ".join(cmd[1:]),
-        }
+    cmd = [sys.executable, str(script), "--threads", str(threads)]
+    try:
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, cwd=repo, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s", "command": " ".join(cmd[1:])}
+    for line in reversed(proc.stdout.strip().splitlines()):
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                break
+    return {
+        "error": f"exit {proc.returncode}: {proc.stderr.strip()[-300:]}",
+        "command": " ".join(cmd[1:]),
+    }

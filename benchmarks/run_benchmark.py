@@ -55,10 +55,10 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "nuclei"
 
 
-def _load_models() -> dict[str, object]:
+def _load_models(grey: str = "hovernet-fluo", rgb: str = "hovernet-he") -> dict[str, object]:
     from napari_scribble_refine.core.models.registry import load_model
 
-    return {"grey": load_model("hovernet-fluo"), "rgb": load_model("hovernet-he")}
+    return {"grey": load_model(grey), "rgb": load_model(rgb)}
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -67,16 +67,17 @@ def run(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     started = time.time()
     load_start = os.getloadavg()
-    models = _load_models()
+    models = _load_models(args.grey_model, args.rgb_model)
     sources = list_samples(args.data, args.limit)
     images: list[dict] = []
     warmed = False
     for source, folders in sources.items():
-        for folder in folders:
+        for index, folder in enumerate(folders):
             sample = load_sample(folder)
             model = models["rgb" if sample.rgb else "grey"]
             t0 = time.perf_counter()
-            methods, problem, space = make_methods(sample, model, args)
+            all_weights = index < args.all_weights_limit
+            methods, problem, space = make_methods(sample, model, args, all_weights)
             setup_ours = time.perf_counter() - t0
             if not warmed:
                 warm_up(methods, problem, ground_truth(sample, space))
@@ -170,6 +171,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--interactions", type=int, default=10, help="K")
     p.add_argument("--cap", type=int, default=20, help="NoC cap")
     p.add_argument("--methods", default=None, help="comma-separated subset of methods")
+    p.add_argument("--grey-model", default="hovernet-fluo", help="model for grey images")
+    p.add_argument("--rgb-model", default="hovernet-he", help="model for RGB images")
+    p.add_argument(
+        "--all-weights-limit",
+        type=int,
+        default=3,
+        help="run the all-weights variant on the first N samples (up to 512²) of each source",
+    )
     p.add_argument("--no-fixed", action="store_true", help="skip the fixed-scribbles mode")
     p.add_argument(
         "--perf-sizes",
@@ -192,7 +201,9 @@ def main(argv: list[str] | None = None) -> None:
     results = run(args)
     sizes = [int(s) for s in args.perf_sizes.split(",") if s.strip()]
     results["performance"] = {
-        "size_scaling": size_scaling(sizes, args.threads, args.seed) if sizes else [],
+        "size_scaling": size_scaling(sizes, args.threads, args.seed, args.grey_model)
+        if sizes
+        else [],
         "core_benchmark": None if args.no_core_bench else core_benchmark(REPO, args.threads),
     }
     results["meta"]["wall_seconds_total"] = round(time.time() - t_start, 1)
