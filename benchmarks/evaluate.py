@@ -136,6 +136,15 @@ def _distance_watershed(class_map: np.ndarray) -> np.ndarray:
     return watershed(-dist, markers, mask=fg)
 
 
+def instance_scores(class_map: np.ndarray, gt_inst: np.ndarray) -> dict:
+    """AJI and PQ of a class map's generic instances: ``{"aji0", "pq0"}``."""
+    inst = class_map_instances(class_map)
+    return {
+        "aji0": aggregated_jaccard_index(inst, gt_inst),
+        "pq0": panoptic_quality(inst, gt_inst)["pq"],
+    }
+
+
 def _scores(pred: np.ndarray, gt_cls: np.ndarray, n_classes: int) -> tuple[float, float, float]:
     d = dice(pred, gt_cls)
     j = iou(pred, gt_cls)
@@ -154,6 +163,7 @@ def evaluate_method(
     gt_cls: np.ndarray,
     interactions: int,
     cap: int,
+    initial_instance_scores: dict,
 ) -> dict:
     """Run the robot loop for one method on one image.
 
@@ -161,6 +171,9 @@ def evaluate_method(
     loop goes on only until Dice reaches 0.90 (for NoC), at most to ``cap``. When the robot
     finds no error region of at least its minimum size, nothing changes any more and the
     remaining interactions up to K repeat the last figures without calling the method.
+
+    ``initial_instance_scores`` (from :func:`instance_scores` on the shared initial
+    prediction) is copied into the record as the k = 0 figures.
 
     Returns
     -------
@@ -184,9 +197,7 @@ def evaluate_method(
         "sec": [],
         "setup_sec": setup,
     }
-    inst0 = class_map_instances(pred)
-    rec["aji0"] = aggregated_jaccard_index(inst0, gt_inst)
-    rec["pq0"] = panoptic_quality(inst0, gt_inst)["pq"]
+    rec.update(initial_instance_scores)
     idle = False
     for k in range(1, cap + 1):
         if k > interactions and (idle or rec["dice"][-1] >= 0.90):
@@ -205,9 +216,8 @@ def evaluate_method(
         rec["scribbled"].append(int(np.count_nonzero(scribbles)))
         rec["agreement"].append(scribble_agreement(pred, scribbles))
         if k == interactions:
-            inst = class_map_instances(pred)
-            rec["ajiK"] = aggregated_jaccard_index(inst, gt_inst)
-            rec["pqK"] = panoptic_quality(inst, gt_inst)["pq"]
+            scores = instance_scores(pred, gt_inst)
+            rec["ajiK"], rec["pqK"] = scores["aji0"], scores["pq0"]
             if hasattr(method, "instances"):  # the model's own instances (ours: HV watershed)
                 rec["ajiK_own"] = aggregated_jaccard_index(method.instances(), gt_inst)
     rec["noc85"] = number_of_interactions(rec["dice"], 0.85, cap)

@@ -63,7 +63,7 @@ class OursVariant:
 
     def instances(self) -> np.ndarray:
         """Instances by the model's own post-processing (HoVer-Net: HV watershed)."""
-        return self.session.instances()
+        return self.session.instances()[0]
 
 
 class WholeNetworkModel(SegmentationModel):
