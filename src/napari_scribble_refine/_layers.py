@@ -11,12 +11,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from napari.layers import Points
 from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.colormaps.standardize_color import transform_color
 
 if TYPE_CHECKING:
     import napari
-    from napari.layers import Image, Labels, Points, Shapes
+    from napari.layers import Image, Labels, Shapes
 
 CLASS_COLOURS = (
     "#8a8a8a",  # background
@@ -423,3 +424,28 @@ def add_boxes_layer(viewer: napari.Viewer, image: Image, class_names: list[str])
     )
     layer.mode = "add_rectangle"
     return layer
+
+
+def mark_class(layer: Points | Shapes, index: int) -> None:
+    """Make new points or boxes mark a class, and relabel the selected ones to it.
+
+    Parameters
+    ----------
+    layer : napari.layers.Points or napari.layers.Shapes
+        The prompt layer (its ``class`` feature holds class indices).
+    index : int
+        Class index (0 = background).
+    """
+    colour = class_colour(index)
+    selected = sorted(layer.selected_data)
+    if selected:
+        features = layer.features.copy()
+        if "class" not in features:
+            features["class"] = 1
+        features.loc[selected, "class"] = index
+        layer.features = features
+    layer.feature_defaults["class"] = index
+    if isinstance(layer, Points):
+        layer.current_face_color = colour
+    else:
+        layer.current_edge_color = colour

@@ -35,6 +35,8 @@ class Outcome:
         One line for the status bar.
     cancelled : bool
         True when a refinement stopped early on Cancel.
+    result : RefineResult or None
+        The engine's summary of a refinement that ran to its end.
     """
 
     session: Any
@@ -43,6 +45,7 @@ class Outcome:
     instance_classes: dict[int, int] = field(default_factory=dict)
     message: str = ""
     cancelled: bool = False
+    result: Any = None
 
 
 @dataclass
@@ -153,7 +156,7 @@ def start_session(model: Any, image: np.ndarray, rgb: bool, config: RefineConfig
     return RefineSession(model, image, rgb=rgb, config=config)
 
 
-def _outcome(session: Any, message: str, *, cancelled: bool = False) -> Outcome:
+def _outcome(session: Any, message: str, *, cancelled: bool = False, result: Any = None) -> Outcome:
     prediction = np.asarray(session.prediction)
     instances, classes = session.instances()
     return Outcome(
@@ -163,6 +166,7 @@ def _outcome(session: Any, message: str, *, cancelled: bool = False) -> Outcome:
         instance_classes=classes,
         message=message,
         cancelled=cancelled,
+        result=result,
     )
 
 
@@ -226,12 +230,14 @@ def refine(
     steps = session.refine(scribbles, config=config)
     message = "Refinement cancelled; Undo returns to the model before it"
     stopped = False
+    result = None
     try:
         while True:
             try:
                 step = next(steps)
             except StopIteration as stop:
-                message = stop.value.message
+                result = stop.value
+                message = result.message
                 break
             yield step
             if cancelled():
@@ -239,7 +245,7 @@ def refine(
                 break
     finally:
         steps.close()
-    return _outcome(session, message, cancelled=stopped)
+    return _outcome(session, message, cancelled=stopped, result=result)
 
 
 def history(session: Any, action: str) -> Outcome:

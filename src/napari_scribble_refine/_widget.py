@@ -90,6 +90,7 @@ class ScribbleRefineWidget(Container):
         self._prediction_layer: Labels | None = None
         self._instances_layer: Labels | None = None
         self._progress: progress | None = None
+        self.last_outcome: _tasks.Outcome | None = None
         self._closed = False
         self._reload_wanted = False
         self._runner = TaskRunner(self._on_busy)
@@ -135,7 +136,7 @@ class ScribbleRefineWidget(Container):
         self._palette = ClassPalette(self.select_class)
         self._model_choice = ComboBox(
             label="Model",
-            choices=[*available_models(), FROM_FILE],
+            choices=self._model_choices,
             tooltip="A built-in model, or a checkpoint / TorchScript file of your own.",
         )
         self._device = ComboBox(
@@ -315,8 +316,12 @@ class ScribbleRefineWidget(Container):
     def _on_layers_changed(self, event: Any = None) -> None:
         if self._closed:
             return
-        self.reset_choices()
+        self._reset_layer_choices()
         self._update_buttons()
+
+    def _reset_layer_choices(self) -> None:
+        for picker in (self._image, self._scribbles, self._points, self._boxes):
+            picker.reset_choices()
 
     def _on_image_changed(self) -> None:
         self._update_buttons()
@@ -348,11 +353,7 @@ class ScribbleRefineWidget(Container):
                 scribbles.mode = "paint"
         for layer in (self._points.value, self._boxes.value):
             if layer is not None:
-                layer.feature_defaults["class"] = index
-        if self._points.value is not None:
-            self._points.value.current_face_color = colour
-        if self._boxes.value is not None:
-            self._boxes.value.current_edge_color = colour
+                _layers.mark_class(layer, index)
         self._palette.show_selected(index)
         self._set_status(f"Brush: {self._class_names[index]}")
 
@@ -414,9 +415,10 @@ class ScribbleRefineWidget(Container):
         image = self._require_image()
         if image is None:
             return None
+        brush = self._palette.selected
         layer = add(self._viewer, image, self._class_names)
         picker.value = layer
-        self.select_class(self._palette.selected)
+        self.select_class(brush)
         self._viewer.layers.selection.active = layer
         return layer
 
@@ -431,11 +433,14 @@ class ScribbleRefineWidget(Container):
         """
         self._model_file = str(path)
         label = f"file: {Path(path).name}"
-        choices = [c for c in self._model_choice.choices if not str(c).startswith("file: ")]
         with self._model_choice.changed.blocked():
-            self._model_choice.choices = [*choices[:-1], label, FROM_FILE]
+            self._model_choice.reset_choices()
             self._model_choice.value = label
         self._on_model_chosen(label)
+
+    def _model_choices(self, _widget: Any = None) -> list[str]:
+        files = [f"file: {Path(self._model_file).name}"] if self._model_file else []
+        return [*available_models(), *files, FROM_FILE]
 
     def _model_spec(self) -> str:
         choice = self._model_choice.value
@@ -771,9 +776,11 @@ class ScribbleRefineWidget(Container):
         show_error(failed.message)
 
     def _on_step(self, step: Any) -> None:
-        if self._progress is not None:
-            self._progress.set_description(f"Refine: loss {step.loss:.3g}, {step.violations} wrong")
-            self._progress.update(max(0, step.iteration - self._progress.n))
+        bar = self._progress
+        if bar is not None:
+            bar.update(max(0, step.iteration - bar.n))
+        if bar is not None and bar is self._progress:
+            bar.set_description(f"Refine: loss {step.loss:.3g}, {step.violations} wrong")
         self._set_status(
             f"Iteration {step.iteration}: loss {step.loss:.3g}, "
             f"{step.violations} scribbled pixels still wrong"
@@ -797,6 +804,9 @@ class ScribbleRefineWidget(Container):
         )
 
     def _show_outcome(self, image: Image, outcome: _tasks.Outcome) -> None:
+        if outcome.session is not self._session:
+            self._check_channels(outcome.session)
+        self.last_outcome = outcome
         self._live.discard()
         self._session, self._session_image = outcome.session, image
         self._apply_classes(list(outcome.session.class_names))
@@ -813,8 +823,18 @@ class ScribbleRefineWidget(Container):
             )
             self._instances_layer.colormap = _layers.instance_colormap(outcome.instance_classes)
             self._instances_layer.contour = 1
-        self.reset_choices()
+        self._reset_layer_choices()
         self._set_status(outcome.message)
+
+    def _check_channels(self, session: Any) -> None:
+        channels = session.image_info.n_channels
+        wanted = session.model.in_channels
+        if (channels > 1) != (wanted > 1):
+            show_warning(
+                f"The image has {channels} channel(s) but model {session.model.name} takes "
+                f"{wanted}: the channels were {'averaged' if wanted == 1 else 'repeated'}; "
+                "a model trained for this kind of image will do better"
+            )
 
     def _set_status(self, message: str) -> None:
         self._status.value = message

@@ -104,6 +104,7 @@ def test_advanced_settings_folded(make_napari_viewer):
 def test_no_image_layer_error(make_napari_viewer, notifications):
     widget = ScribbleRefineWidget(make_napari_viewer())
     widget.wait(60)
+    notifications.clear()
     assert widget.predict() is None
     assert widget.refine() is None
     assert widget.new_scribbles() is None
