@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._grow import check_new_class, format_names
 from ._prepare import (
     Normaliser,
     check_normaliser,
@@ -28,7 +29,6 @@ from ._prepare import (
     to_input_tensor,
 )
 from .base import Features, HeadState, SegmentationModel
-from .module import _format_names, check_new_class
 
 __all__ = ["TorchScriptModel"]
 
@@ -181,7 +181,7 @@ class TorchScriptModel(SegmentationModel):
         if unmatched:
             raise ValueError(
                 f"head prefix(es) {unmatched} match no parameter of {self.name}; available "
-                f"prefixes: {_format_names(_prefixes(names))}"
+                f"prefixes: {format_names(_prefixes(names))}"
             )
         self._prefixes = prefixes
 
