@@ -186,7 +186,7 @@ class ClassPalette(Container):
     """
 
     def __init__(self, on_select: Callable[[int], None]) -> None:
-        super().__init__(layout="horizontal", labels=False, label="Brush class")
+        super().__init__(layout="horizontal", labels=False, label="Paint class")
         self.tooltip = "The class the brush, new points and new boxes mark."
         self._on_select = on_select
         self.selected = 1

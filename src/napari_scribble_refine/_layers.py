@@ -303,7 +303,7 @@ def set_output(
         The widget's previous output layer; a new one is added when it is None or no longer
         in the viewer.
     data : numpy.ndarray
-        The new labels (owned by the layer from now on).
+        The new labels (copied; the layer owns its array).
     name : str
         Layer name for a new layer.
     image : napari.layers.Image
@@ -320,14 +320,18 @@ def set_output(
     """
     if layer is None or layer not in viewer.layers:
         return viewer.add_labels(
-            data,
+            np.array(data, copy=True),
             name=name,
-            scale=image.scale[-data.ndim :],
-            translate=image.translate[-data.ndim :],
             colormap=colormap,
+            **_placement(image),
             **kwargs,
         )
-    layer.data = data
+    if layer.data.shape == data.shape and layer.data.dtype == data.dtype:
+        # in place: far cheaper than the data setter, which re-derives the viewer's dims
+        np.copyto(layer.data, data)
+        layer.refresh()
+    else:
+        layer.data = np.array(data, copy=True)
     return layer
 
 

@@ -345,7 +345,6 @@ class ScribbleRefineWidget(Container):
         if not 0 <= index < len(self._class_names):
             show_error(f"No class {index}: the model has classes {self._class_names}")
             return
-        colour = _layers.class_colour(index)
         scribbles = self._scribbles.value
         if scribbles is not None:
             scribbles.selected_label = index + 1
@@ -812,17 +811,21 @@ class ScribbleRefineWidget(Container):
         self._apply_classes(list(outcome.session.class_names))
         self._show_live_prediction(outcome.prediction)
         if outcome.instances is not None:
+            colormap = _layers.instance_colormap(outcome.instance_classes)
+            existing = self._instances_layer
             self._instances_layer = _layers.set_output(
                 self._viewer,
-                self._instances_layer,
+                existing,
                 np.asarray(outcome.instances),
                 name=f"{image.name} instances",
                 image=image,
-                colormap=_layers.instance_colormap(outcome.instance_classes),
+                colormap=colormap,
                 opacity=0.9,
             )
-            self._instances_layer.colormap = _layers.instance_colormap(outcome.instance_classes)
-            self._instances_layer.contour = 1
+            if self._instances_layer is existing:
+                self._instances_layer.colormap = colormap
+            else:
+                self._instances_layer.contour = 1
         self._reset_layer_choices()
         self._set_status(outcome.message)
 

@@ -34,7 +34,7 @@ def test_refine_updates_live_and_is_undoable(docked, fluo_sample, qtbot):
     scribbles.data = truth_scribbles(fluo_sample.types)
     docked.configure(iterations=25, region_growing=False)
     updates = []
-    docked.prediction_layer.events.data.connect(lambda e: updates.append(1))
+    docked.prediction_layer.events.set_data.connect(lambda e: updates.append(1))
 
     worker = docked.refine()
     assert worker is not None
