@@ -41,11 +41,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..hovernet_postprocess import hv_instances, instance_info
+from ._grow import check_new_class, grow_output_layer
 from ._prepare import PERCENTILES, to_input_tensor
 from .base import Features, SegmentationModel
 from .hovernet import HoVerNet
 from .hovernet_checkpoint import LoadedHoVerNet
-from .module import check_new_class, grow_output_layer
 
 __all__ = ["PANNUKE_TYPES", "HoVerNetModel", "default_class_names", "prepare_image"]
 
