@@ -525,11 +525,22 @@ class ScribbleRefineWidget(Container):
         """
         return self._settings.config(str(self._device.value))
 
-    def _session_factory(self):
-        """Check the inputs on the GUI thread and return a function that opens a session."""
+    def _inputs(self) -> tuple[Image, Any, Any] | None:
+        """Check on the GUI thread what Predict and Refine start from.
+
+        Returns the image layer, the open session for it (or None) and, without one, a
+        function that opens a session from a private copy of the image; None when the inputs
+        were rejected (with a notification).
+        """
+        if self._runner.busy:
+            show_info(f"Busy {self._runner.name}: wait or Cancel first")
+            return None
         image_layer = self._require_image()
         if image_layer is None:
             return None
+        session = self._current_session()
+        if session is not None:
+            return image_layer, session, None
         image, rgb = _layers.image_array(image_layer)
         validate_image(image, rgb=rgb, name=f"Image '{image_layer.name}'")
         spec = self._model_spec()
@@ -543,7 +554,7 @@ class ScribbleRefineWidget(Container):
                 model = _tasks.load_model(spec, allow_code=allow_code)
             return _tasks.start_session(model, image, rgb, config)
 
-        return make_session
+        return image_layer, None, make_session
 
     def _current_session(self) -> Any:
         image = self._image.value
@@ -565,16 +576,16 @@ class ScribbleRefineWidget(Container):
             The thread worker, or None when the inputs were rejected (see the notification).
         """
         try:
-            make_session = self._session_factory()
+            inputs = self._inputs()
         except (ValueError, TypeError) as error:
             show_error(str(error))
             return None
-        if make_session is None:
+        if inputs is None:
             return None
-        image = self._image.value
+        image, session, make_session = inputs
         return self._start(
             "predicting",
-            partial(_tasks.predict, self._current_session(), make_session),
+            partial(_tasks.predict, session, make_session),
             on_result=partial(self._show_outcome, image),
             wait=wait,
         )
@@ -622,10 +633,10 @@ class ScribbleRefineWidget(Container):
             The thread worker, or None when the inputs were rejected (see the notification).
         """
         try:
-            make_session = self._session_factory()
-            if make_session is None:
+            inputs = self._inputs()
+            if inputs is None:
                 return None
-            image = self._image.value
+            image, session, make_session = inputs
             feedback = self._feedback(image)
         except (ValueError, TypeError) as error:
             show_error(str(error))
@@ -638,9 +649,7 @@ class ScribbleRefineWidget(Container):
         self._live.discard()
         self._live.delivered = 0
         self._progress = progress(total=config.max_iterations, desc="Refine")
-        work = _tasks.refine(
-            self._current_session(), make_session, feedback, config, self._runner.cancelled
-        )
+        work = _tasks.refine(session, make_session, feedback, config, self._runner.cancelled)
         return self._start(
             "refining",
             work,

@@ -8,6 +8,12 @@ import pytest
 from napari_scribble_refine.core.synthetic import synthetic_fluorescence
 
 
+@pytest.fixture(autouse=True)
+def _layers_only_on_the_gui_thread(monkeypatch):
+    """napari then raises if the plugin sets a napari attribute from a worker thread."""
+    monkeypatch.setenv("NAPARI_ENSURE_PLUGIN_MAIN_THREAD", "1")
+
+
 class Notifications(list):
     """napari notifications seen during a test, in order."""
 

@@ -19,6 +19,7 @@ def test_predict_shows_classes_and_instances(docked):
     assert instances.data.shape == (128, 128)
     assert set(np.unique(prediction.data)) <= {0, 1}
     assert docked._status.value == "Prediction ready"
+    assert docked.viewer.status == "Scribble Refine: Prediction ready"
     # class colours agree between the prediction and the scribble palette
     scribbles = docked.new_scribbles()
     np.testing.assert_allclose(prediction.colormap.map(1), scribbles.colormap.map(2))
