@@ -76,6 +76,12 @@ class ScribbleRefineWidget(Container):
     ----------
     viewer : napari.viewer.Viewer
         The viewer whose layers the widget reads and writes.
+
+    Attributes
+    ----------
+    last_outcome : Outcome or None
+        What the last finished Predict, Refine, Undo, Redo or Reset produced: prediction,
+        instances, message, whether it was cancelled and the engine's ``RefineResult``.
     """
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
