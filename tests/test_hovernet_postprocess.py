@@ -124,3 +124,19 @@ def test_instance_type_rule():
     assert instance_type(np.array([0, 0, 0, 2, 2, 1])) == (2, pytest.approx(2 / 6, abs=1e-6))
     assert instance_type(np.array([0, 0]))[0] == 0
     assert instance_type(np.array([3, 3, 1, 1, 0]))[0] == 1  # ties: smaller id first
+
+
+def test_keep_unmarked_keeps_nuclei_whose_markers_vanish():
+    # A nucleus with a flat (uninformative) HV map everywhere: the edge map is high on the
+    # whole foreground, so no marker survives and the official rule returns nothing.
+    prob = np.zeros((64, 64), np.float32)
+    yy, xx = np.mgrid[:64, :64]
+    prob[(yy - 32) ** 2 + (xx - 32) ** 2 <= 100] = 0.9
+    hv = np.random.default_rng(0).normal(0, 1, (2, 64, 64)).astype(np.float32)
+    official = hv_instances(prob, hv)
+    kept = hv_instances(prob, hv, keep_unmarked=True)
+    fg = prob >= 0.5
+    assert np.array_equal(kept[official > 0], official[official > 0])
+    assert np.all(kept[fg] > 0)
+    assert np.all(kept[~fg] == 0)
+    assert (official[fg] == 0).any()

@@ -82,6 +82,7 @@ def hv_instances(
     min_size: int = MIN_OBJECT_SIZE,
     sobel_size: int = SOBEL_SIZE,
     edge_threshold: float = EDGE_THRESHOLD,
+    keep_unmarked: bool = False,
 ) -> np.ndarray:
     """Split the nucleus pixels into instances with the HV maps (official HoVer-Net rule).
 
@@ -99,6 +100,10 @@ def hv_instances(
         Sobel kernel size (21).
     edge_threshold : float
         Edge-map threshold separating markers (0.4).
+    keep_unmarked : bool
+        The official rule drops every nucleus component in which no marker survives (weak
+        HV maps lose whole nuclei that way). True keeps each such component as one more
+        instance, numbered after the marker-based ones; False reproduces the official output.
 
     Returns
     -------
@@ -134,7 +139,13 @@ def hv_instances(
     marker = ndi.binary_erosion(marker, _OPEN_FOOTPRINT, border_value=1)
     marker = ndi.binary_dilation(marker, _OPEN_FOOTPRINT, border_value=0)
     marker = _remove_small(ndi.label(marker)[0], min_size)
-    return watershed(dist, markers=marker, mask=blb.astype(bool)).astype(np.int32)
+    labels = watershed(dist, markers=marker, mask=blb.astype(bool)).astype(np.int32)
+    if keep_unmarked:
+        orphans = (blb > 0) & (labels == 0)
+        components, n = ndi.label(orphans)
+        if n:
+            labels[orphans] = components[orphans] + labels.max()
+    return labels
 
 
 def instance_type(types: np.ndarray) -> tuple[int, float]:

@@ -475,6 +475,9 @@ class HoVerNetModel(SegmentationModel):
     ) -> np.ndarray | None:
         """HoVer-Net instances: HV watershed of the nucleus probability (reference d.3).
 
+        Nucleus components in which no watershed marker survives are kept as instances
+        rather than dropped as the official rule does (see ``hv_instances``).
+
         Parameters
         ----------
         class_map : numpy.ndarray
@@ -494,7 +497,7 @@ class HoVerNetModel(SegmentationModel):
         log_bg = logits[0, 0].detach().float().cpu()
         np_prob = (-torch.expm1(log_bg)).numpy()
         hv = features["hv"][0].detach().float().cpu().numpy()
-        return hv_instances(np_prob, hv)
+        return hv_instances(np_prob, hv, keep_unmarked=True)
 
     def instance_types(self, labels: np.ndarray, class_map: np.ndarray) -> dict[int, int]:
         """Per-instance class by the official majority rule (second pick over background).
