@@ -24,7 +24,7 @@ from napari_scribble_refine.scripting import open_widget
 
 
 def corrections(prediction: np.ndarray, instances: np.ndarray, types: np.ndarray, n: int = 12):
-    """Short strokes on nuclei whose predicted type is wrong, plus background strokes.
+    """Strokes a user would paint: on nuclei predicted wrongly, and on false detections.
 
     Parameters
     ----------
@@ -55,37 +55,54 @@ def corrections(prediction: np.ndarray, instances: np.ndarray, types: np.ndarray
         done += 1
         if done == n:
             break
-    background = (types == 0) & (ndi.distance_transform_edt(types == 0) > 6)
-    rows = np.zeros_like(background)
-    rows[::40, :] = True
-    scribbles[background & rows] = 1
+    # short background strokes where background was predicted as nuclei (else anywhere)
+    far = ndi.distance_transform_edt(types == 0) > 4
+    wrong = far & (prediction != 0)
+    rng = np.random.default_rng(0)
+    for y, x in rng.permutation(np.argwhere(wrong if wrong.any() else far))[: 3 * n]:
+        span = slice(x, min(x + 15, far.shape[1]))
+        scribbles[y, span][far[y, span]] = 1
     return scribbles
 
 
 def main() -> None:
     """Render and save the screenshot."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="hovernet-he")
+    parser.add_argument("--sample", choices=["he", "fluorescence"], default="he")
+    parser.add_argument("--model", default=None, help="default: the sample's built-in model")
     parser.add_argument("--out", default="docs/screenshot.png")
     parser.add_argument("--iterations", type=int, default=40)
+    parser.add_argument("--learning-rate", type=float, default=None)
+    parser.add_argument("--no-growing", action="store_true", help="turn region growing off")
     args = parser.parse_args()
 
     viewer = napari.Viewer(show=True)
     viewer.window.resize(1500, 950)
-    viewer.open_sample("napari-scribble-refine", "synthetic_he")
-    widget = open_widget(viewer, image="synthetic H&E", model=args.model, device="cpu")
+    key, image, model = {
+        "he": ("synthetic_he", "synthetic H&E", "hovernet-he"),
+        "fluorescence": ("synthetic_fluorescence", "synthetic fluorescence", "hovernet-fluo"),
+    }[args.sample]
+    viewer.open_sample("napari-scribble-refine", key)
+    widget = open_widget(viewer, image=image, model=args.model or model, device="cpu")
     widget.configure(iterations=args.iterations)
+    if args.learning_rate is not None:
+        widget.configure(learning_rate=args.learning_rate)
+    if args.no_growing:
+        widget.configure(region_growing=False)
     widget.predict(wait=True)
 
     truth_instances = viewer.layers["ground truth (nuclei)"].data
-    truth_types = viewer.layers["ground truth (types)"].data
+    if "ground truth (types)" in viewer.layers:
+        truth_types = viewer.layers["ground truth (types)"].data
+    else:
+        truth_types = (truth_instances > 0).astype(np.uint8)
     scribbles = widget.new_scribbles()
     scribbles.data = corrections(widget.prediction_layer.data, truth_instances, truth_types)
     widget.refine(wait=True)
 
-    widget.instances_layer.visible = False
+    widget.prediction_layer.opacity = 0.6
     viewer.layers.selection.active = scribbles
-    widget.select_class(2)
+    widget.select_class(min(2, len(widget.class_names) - 1))
     viewer.reset_view()
     viewer.camera.zoom *= 1.6
     out = Path(args.out)
