@@ -191,3 +191,33 @@ def test_shortcuts_run_refine_and_undo(docked, fluo_sample, qtbot):
     docked.wait()
     assert not docked.session.can_undo
     assert set(SHORTCUTS) == {"refine", "undo", "redo"}
+
+
+def test_live_updates_reach_the_canvas(make_napari_viewer, fluo_model, fluo_sample, qtbot):
+    """Outputs are updated in place; the rendered canvas must follow them."""
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(fluo_sample.image, name="nuclei")
+    widget = open_widget(viewer, image="nuclei", model=fluo_model, device="cpu")
+    widget.predict(wait=True)
+    widget.instances_layer.visible = False
+    layer = widget.prediction_layer
+    layer.opacity = 1.0
+    before = viewer.screenshot(canvas_only=True, flash=False)
+    target = 0 if (layer.data == 1).mean() > 0.5 else 1  # flip the majority class
+    widget.new_scribbles().data = np.full((128, 128), target + 1, np.uint8)
+    viewer.layers["nuclei scribbles"].visible = False
+    widget.configure(iterations=30, region_growing=False, learning_rate=0.5)
+    widget.refine(wait=True)
+    assert (layer.data == target).mean() > 0.9
+    after = viewer.screenshot(canvas_only=True, flash=False)
+    layer.visible = False
+    bare = viewer.screenshot(canvas_only=True, flash=False)
+    shown = np.abs(after.astype(int) - bare).sum(-1) > 30
+    was_shown = np.abs(before.astype(int) - bare).sum(-1) > 30
+    # the canvas shows the refined prediction: nucleus colour exactly where class 1 is now
+    assert shown.mean() != was_shown.mean()
+    if target == 0:
+        assert shown.mean() < 0.1 * max(was_shown.mean(), 1e-9)
+    else:
+        colour = (_layers.class_colour(1)[:3] * 255).astype(int)
+        assert np.abs(after[shown][:, :3].astype(int) - colour).max() <= 2
