@@ -74,6 +74,14 @@ def class_colour_hex(index: int) -> str:
     return f"#{r:02x}{g:02x}{b:02x}"
 
 
+def _colormap(
+    value_classes: dict[int, int], unlisted: np.ndarray = TRANSPARENT
+) -> DirectLabelColormap:
+    colours = {None: unlisted, 0: TRANSPARENT}
+    colours.update({int(v): class_colour(int(c)) for v, c in value_classes.items()})
+    return DirectLabelColormap(color_dict=colours)
+
+
 def scribble_colormap(class_names: list[str]) -> DirectLabelColormap:
     """Colormap for a scribble layer: value ``c + 1`` is class ``c``, 0 is unpainted.
 
@@ -87,9 +95,7 @@ def scribble_colormap(class_names: list[str]) -> DirectLabelColormap:
     DirectLabelColormap
         The colormap.
     """
-    colours = {None: TRANSPARENT, 0: TRANSPARENT}
-    colours.update({c + 1: class_colour(c) for c in range(len(class_names))})
-    return DirectLabelColormap(color_dict=colours)
+    return _colormap({c + 1: c for c in range(len(class_names))})
 
 
 def prediction_colormap(class_names: list[str]) -> DirectLabelColormap:
@@ -105,9 +111,7 @@ def prediction_colormap(class_names: list[str]) -> DirectLabelColormap:
     DirectLabelColormap
         The colormap.
     """
-    colours = {None: TRANSPARENT, 0: TRANSPARENT}
-    colours.update({c: class_colour(c) for c in range(1, len(class_names))})
-    return DirectLabelColormap(color_dict=colours)
+    return _colormap({c: c for c in range(1, len(class_names))})
 
 
 def instance_colormap(instance_classes: dict[int, int]) -> DirectLabelColormap:
@@ -123,9 +127,7 @@ def instance_colormap(instance_classes: dict[int, int]) -> DirectLabelColormap:
     DirectLabelColormap
         The colormap (unlisted labels take the first nucleus colour).
     """
-    colours = {None: class_colour(1), 0: TRANSPARENT}
-    colours.update({int(i): class_colour(int(c)) for i, c in instance_classes.items()})
-    return DirectLabelColormap(color_dict=colours)
+    return _colormap(instance_classes, unlisted=class_colour(1))
 
 
 def class_features(class_names: list[str], offset: int) -> dict[str, list]:
