@@ -19,9 +19,7 @@ INTERACTIONS = 3
 """Robot interactions timed per size."""
 
 
-def size_scaling(
-    sizes: list[int], threads: int, seed: int = 0, model_name: str = "hovernet-fluo"
-) -> list[dict]:
+def size_scaling(sizes: list[int], threads: int, model, seed: int = 0) -> list[dict]:
     """Time our method on synthetic fluorescence images of growing size.
 
     For each side s: a synthetic s x s image, the built-in fluorescence model, the session's
@@ -33,10 +31,10 @@ def size_scaling(
         Image sides.
     threads : int
         Torch threads (recorded only; the caller sets them).
+    model : SegmentationModel
+        The greyscale model.
     seed : int
         Seed of the synthetic images and the robot.
-    model_name : str
-        Registry name or path of the greyscale model.
 
     Returns
     -------
@@ -44,9 +42,6 @@ def size_scaling(
         One row per size: ``side``, ``setup_sec``, ``sec`` (per interaction), ``sec_median``,
         or ``error`` when the size failed (e.g. out of memory).
     """
-    from napari_scribble_refine.core.models.registry import load_model
-
-    model = load_model(model_name)
     rows = []
     for side in sizes:
         row: dict = {"side": side, "threads": threads}

@@ -226,7 +226,8 @@ def write_report(results: dict, path: Path, plots: list[Path]) -> None:
         f"{meta.get('wall_seconds_total', meta['wall_seconds']):.0f} s in all.",
         f"- Data: `{meta['data']}`: "
         + ", ".join(f"{s} ({n} images)" for s, n in n_images.items())
-        + ". Grey images use the built-in `hovernet-fluo` model, RGB images `hovernet-he`. "
+        + f". Grey images use `{meta['models']['grey']}`, RGB images `{meta['models']['rgb']}` "
+        f"(input scaling: {meta['model_normalisation']}). "
         "Sources with per-pixel types (PanNuke) are scored in their classes, the model's "
         "epithelial class standing for Neoplastic and its other nucleus classes for "
         "Non-neoplastic; the rest are scored as background / nucleus.",

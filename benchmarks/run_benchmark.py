@@ -44,6 +44,7 @@ from evaluate import (  # noqa: E402
     FIXED_KS,
     PAPER_DICE,
     aggregate,
+    all_weights_eligible,
     evaluate_fixed,
     evaluate_method,
     instance_scores,
@@ -59,19 +60,35 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "nuclei"
 
 
-def _load_models(grey: str = "hovernet-fluo", rgb: str = "hovernet-he") -> dict[str, object]:
-    from napari_scribble_refine.core.models.registry import load_model
+class _Models(dict):
+    """Models by kind ("grey", "rgb"), each loaded when first needed."""
 
-    return {"grey": load_model(grey), "rgb": load_model(rgb)}
+    def __init__(self, grey: str, rgb: str, normalisation: str = "stored") -> None:
+        super().__init__()
+        self.names = {"grey": grey, "rgb": rgb}
+        self.kwargs = {}
+        if normalisation == "percentile":
+            self.kwargs["normalisation"] = {"kind": "percentile", "low": 1.0, "high": 99.8}
+
+    def __missing__(self, kind: str) -> object:
+        from napari_scribble_refine.core.models.registry import load_model
+
+        self[kind] = load_model(self.names[kind], **self.kwargs)
+        return self[kind]
 
 
-def run(args: argparse.Namespace) -> dict:
+def _load_models(
+    grey: str = "hovernet-fluo", rgb: str = "hovernet-he", normalisation: str = "stored"
+) -> dict[str, object]:
+    return _Models(grey, rgb, normalisation)
+
+
+def run(args: argparse.Namespace, models: dict) -> dict:
     """Run every method on every sample; return the results dictionary."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     started = time.time()
     load_start = os.getloadavg()
-    models = _load_models(args.grey_model, args.rgb_model)
     sources = list_samples(args.data, args.limit)
     if args.sources:
         wanted = {s.strip() for s in args.sources.split(",")}
@@ -79,11 +96,13 @@ def run(args: argparse.Namespace) -> dict:
     images: list[dict] = []
     warmed = False
     for source, folders in sources.items():
-        for index, folder in enumerate(folders):
+        all_weights_runs = 0
+        for folder in folders:
             sample = load_sample(folder)
             model = models["rgb" if sample.rgb else "grey"]
             t0 = time.perf_counter()
-            all_weights = index < args.all_weights_limit
+            all_weights = all_weights_eligible(sample) and all_weights_runs < args.all_weights_limit
+            all_weights_runs += all_weights
             methods, problem, space = make_methods(sample, model, args, all_weights)
             setup_ours = time.perf_counter() - t0
             if not warmed:
@@ -163,6 +182,8 @@ def machine_meta(args: argparse.Namespace, load_start: tuple, elapsed: float) ->
         "interactions": args.interactions,
         "noc_cap": args.cap,
         "seed": args.seed,
+        "models": {"grey": args.grey_model, "rgb": args.rgb_model},
+        "model_normalisation": args.model_normalisation,
         "threads": args.threads,
         "torch_threads": torch.get_num_threads(),
         "cpu": cpu,
@@ -192,10 +213,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--grey-model", default="hovernet-fluo", help="model for grey images")
     p.add_argument("--rgb-model", default="hovernet-he", help="model for RGB images")
     p.add_argument(
+        "--model-normalisation",
+        choices=("stored", "percentile"),
+        default="stored",
+        help="input scaling: what the weights file says, or 1st-99.8th percentile",
+    )
+    p.add_argument(
         "--all-weights-limit",
         type=int,
-        default=3,
-        help="run the all-weights variant on the first N samples (up to 512²) of each source",
+        default=2,
+        help="run the all-weights variant on the first N samples up to 512² of each source",
     )
     p.add_argument("--no-fixed", action="store_true", help="skip the fixed-scribbles mode")
     p.add_argument(
@@ -216,10 +243,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     t_start = time.time()
     warnings.filterwarnings("ignore", category=UserWarning)
-    results = run(args)
+    models = _load_models(args.grey_model, args.rgb_model, args.model_normalisation)
+    results = run(args, models)
     sizes = [int(s) for s in args.perf_sizes.split(",") if s.strip()]
     results["performance"] = {
-        "size_scaling": size_scaling(sizes, args.threads, args.seed, args.grey_model)
+        "size_scaling": size_scaling(sizes, args.threads, models["grey"], args.seed)
         if sizes
         else [],
         "core_benchmark": None if args.no_core_bench else core_benchmark(REPO, args.threads),
