@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from napari_scribble_refine.core.synthetic import synthetic_fluorescence
@@ -96,12 +95,3 @@ def docked(viewer_with_image, fluo_model, qtbot):
     widget.configure(iterations=10)
     assert not widget.busy
     return widget
-
-
-def truth_scribbles(types: np.ndarray, every: int = 6) -> np.ndarray:
-    """Scribbles that follow the ground truth on every ``every``-th row (value = class + 1)."""
-    scribbles = np.zeros(types.shape, np.uint8)
-    rows = np.zeros(types.shape, bool)
-    rows[..., ::every, :] = True
-    scribbles[rows] = types[rows] + 1
-    return scribbles

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from conftest import truth_scribbles
+from _qt_helpers import truth_scribbles
 from qtpy.QtCore import QTimer
 
 from napari_scribble_refine.core.synthetic import synthetic_he
