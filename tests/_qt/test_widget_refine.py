@@ -33,7 +33,8 @@ def test_refine_updates_live_and_is_undoable(docked, fluo_sample, qtbot):
     before = docked.prediction_layer.data.copy()
     scribbles = docked.new_scribbles()
     scribbles.data = truth_scribbles(fluo_sample.types)
-    docked.configure(iterations=25, region_growing=False)
+    # long enough for several ~100 ms live-update slots however fast the machine is
+    docked.configure(iterations=150, stop_fraction=1.0, region_growing=False)
     updates = []
     docked.prediction_layer.events.set_data.connect(lambda e: updates.append(1))
 

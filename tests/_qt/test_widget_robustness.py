@@ -47,7 +47,7 @@ def test_gui_stays_responsive_during_refinement(docked, fluo_sample, qtbot):
     """The Qt event loop keeps serving timer events within 100 ms while a refinement runs."""
     docked.predict(wait=True)
     docked.new_scribbles().data = truth_scribbles(fluo_sample.types)
-    docked.configure(iterations=40, stop_fraction=1.0, region_growing=True)
+    docked.configure(iterations=150, stop_fraction=1.0, region_growing=True)
     ticks: list[float] = []
     timer = QTimer()
     timer.setInterval(10)
