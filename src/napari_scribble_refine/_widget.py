@@ -99,6 +99,7 @@ class ScribbleRefineWidget(Container):
         self.last_outcome: _tasks.Outcome | None = None
         self._closed = False
         self._reload_wanted = False
+        self._watched: Labels | None = None
         self._runner = TaskRunner(self._on_busy)
         self._live = Throttle(LIVE_UPDATE_MS, self._show_live_prediction)
         self._build()
@@ -333,11 +334,17 @@ class ScribbleRefineWidget(Container):
         self._update_buttons()
 
     def _on_scribbles_changed(self) -> None:
-        layer = self._scribbles.value
-        if layer is not None:
-            layer.events.selected_label.connect(self._highlight_palette)
+        self._watch_brush(self._scribbles.value)
         self._highlight_palette()
         self._update_buttons()
+
+    def _watch_brush(self, layer: Labels | None) -> None:
+        """Follow the label chosen in one scribble layer (keyboard, picker) in the palette."""
+        if self._watched is not None:
+            self._watched.events.selected_label.disconnect(self._highlight_palette)
+        self._watched = layer
+        if layer is not None:
+            layer.events.selected_label.connect(self._highlight_palette)
 
     # ------------------------------------------------------------------ palette
     def select_class(self, index: int, *_: Any) -> None:
@@ -889,6 +896,7 @@ class ScribbleRefineWidget(Container):
             self._progress = None
         for key in SHORTCUTS.values():
             self._viewer.bind_key(key, None)
+        self._watch_brush(None)
         layers = self._viewer.layers
         for event in (layers.events.inserted, layers.events.removed, layers.events.reordered):
             event.disconnect(self._on_layers_changed)
