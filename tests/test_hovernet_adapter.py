@@ -139,7 +139,8 @@ def test_channels_and_normalisation():
     assert torch.equal(x[0, 0], x[0, 2]) and torch.equal(x[0, 0], torch.from_numpy(grey).float())
     small = small_model(None, in_channels=1)
     rgb = np.stack([grey, grey, grey], -1)
-    assert small._input([rgb], normalised=False).shape == (1, 1, 64, 48)
+    with pytest.raises(ValueError, match="takes 1 channel"):
+        small._input([rgb], normalised=False)
     # normalisations
     assert prepare_image(grey, {"kind": "uint8"}).max() == 250
     unit = np.linspace(0, 1, 100, dtype=np.float32).reshape(10, 10)

@@ -455,7 +455,10 @@ def test_opaque_model_refines_with_full_forward(unet2, scene, config):
 def test_rgb_image(unet2, config):
     gray, kinds = disks_scene(np.random.default_rng(2), size=64, n_bright=3)
     rgb = np.repeat(gray[..., None], 3, axis=-1)
-    model = TorchModuleModel(unet2, ["background", "nucleus"], size_multiple=2)
+    mean = torch.nn.Conv2d(3, 1, 1, bias=False)  # a colour front end: the channel mean
+    torch.nn.init.constant_(mean.weight, 1 / 3)
+    net = torch.nn.Sequential(mean, unet2)
+    model = TorchModuleModel(net, ["background", "nucleus"], in_channels=3, size_multiple=2)
     session = RefineSession(model, rgb, config, rgb=True)
     assert session.spatial_shape == (64, 64)
     assert fraction(session.predict(), kinds == 1, 1) > 0.9
@@ -578,3 +581,28 @@ def test_opaque_prediction_on_a_non_square_image_matches_the_network(unet2, conf
     with torch.no_grad():
         expected = session.model.network(x)
     torch.testing.assert_close(session.logits(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_hovernet_instances_on_a_stack():
+    # The HoVer-Net adapter's instance rules are 2D; a (Z, Y, X) session applies them per slice.
+    from napari_scribble_refine import load_model
+    from napari_scribble_refine.core.synthetic import synthetic_fluorescence
+
+    planes = [synthetic_fluorescence((96, 96), seed=910_000 + i).image for i in range(3)]
+    session = RefineSession(load_model("hovernet-fluo"), np.stack(planes), rgb=False)
+    labels, classes = session.instances()
+    assert labels.shape == (3, 96, 96)
+    ids = set(np.unique(labels[labels > 0]).tolist())
+    assert ids and ids == set(classes)
+    for z in range(3):  # ids unique over the stack: no id appears in two slices
+        others = np.delete(labels, z, axis=0)
+        assert not set(np.unique(labels[z][labels[z] > 0]).tolist()) & set(
+            np.unique(others[others > 0]).tolist()
+        )
+
+
+def test_colour_image_with_greyscale_model_is_rejected(model2, config):
+    rgb = np.random.default_rng(0).integers(0, 255, (48, 48, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match="greyscale") as info:
+        RefineSession(model2, rgb, config, rgb=True)
+    assert "rgb2gray" in str(info.value)

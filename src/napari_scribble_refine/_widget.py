@@ -854,11 +854,11 @@ class ScribbleRefineWidget(Container):
     def _check_channels(self, session: Any) -> None:
         channels = session.image_info.n_channels
         wanted = session.model.in_channels
-        if (channels > 1) != (wanted > 1):
+        if channels == 1 and wanted > 1:
             show_warning(
-                f"The image has {channels} channel(s) but model {session.model.name} takes "
-                f"{wanted}: the channels were {'averaged' if wanted == 1 else 'repeated'}; "
-                "a model trained for this kind of image will do better"
+                f"The image is greyscale but model {session.model.name} takes {wanted} "
+                "channels: the grey values were repeated; a model trained for this kind of "
+                "image will do better"
             )
 
     def _set_status(self, message: str) -> None:

@@ -14,8 +14,8 @@ from napari_scribble_refine.scripting import PLUGIN, WIDGET
 TIMEOUT_MS = 120_000
 
 
-def test_rgb_image_with_grey_model_warns(make_napari_viewer, fluo_model, notifications):
-    """The engine averages RGB for a greyscale model; the widget says so (a warning)."""
+def test_rgb_image_with_grey_model_error(make_napari_viewer, fluo_model, notifications):
+    """An RGB image with a greyscale model is the core's clear error, as a notification."""
     from napari_scribble_refine.scripting import open_widget
 
     viewer = make_napari_viewer()
@@ -23,9 +23,8 @@ def test_rgb_image_with_grey_model_warns(make_napari_viewer, fluo_model, notific
     widget = open_widget(viewer, image="he", model=fluo_model, device="cpu")
     notifications.clear()
     widget.predict(wait=True)
-    warnings = notifications.texts("warning")
-    assert len(warnings) == 1 and "averaged" in warnings[0], notifications.texts()
-    assert not notifications.errors()
+    errors = notifications.errors()
+    assert len(errors) == 1 and "greyscale" in errors[0] and "hovernet-he" in errors[0], errors
     assert widget._predict_button.enabled
 
 

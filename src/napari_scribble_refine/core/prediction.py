@@ -75,30 +75,3 @@ def class_map_of(logits: torch.Tensor) -> np.ndarray:
     """
     # channels-last makes the reduction contiguous: several times faster than argmax(0)
     return logits.permute(1, 2, 0).contiguous().argmax(-1).numpy().astype(np.int32)
-
-
-def instance_classes(labels: np.ndarray, class_map: np.ndarray) -> dict[int, int]:
-    """Find the majority foreground class of each instance.
-
-    Parameters
-    ----------
-    labels : numpy.ndarray
-        Instance labels (0 = background).
-    class_map : numpy.ndarray
-        Class map of the same shape.
-
-    Returns
-    -------
-    dict of int to int
-        Instance label -> class (0 only when no pixel of the instance is foreground).
-    """
-    n_labels = int(labels.max(initial=0)) + 1
-    n_cls = int(class_map.max(initial=0)) + 1
-    flat = labels.astype(np.int64).ravel() * n_cls + class_map.astype(np.int64).ravel()
-    counts = np.bincount(flat, minlength=n_labels * n_cls).reshape(n_labels, n_cls)
-    present = np.flatnonzero(counts[1:].sum(axis=1)) + 1
-    out = {}
-    for label in present:
-        fg = counts[label, 1:]
-        out[int(label)] = int(fg.argmax()) + 1 if fg.any() else 0
-    return out

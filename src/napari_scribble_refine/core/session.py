@@ -25,12 +25,14 @@ from .devices import resolve_device
 from .history import HeadHistory
 from .images import ImageInfo, validate_image
 from .models.base import SegmentationModel
-from .prediction import class_map_of, head_pieces, instance_classes
+from .postprocess import instance_types
+from .prediction import class_map_of, head_pieces
 from .refine_loop import (
     Batch,
     MomentumSGD,
     build_batches,
     loss_and_gradients,
+    pixel_weights,
     proximity,
     scribble_targets,
 )
@@ -80,8 +82,8 @@ class RefineSession:
     Raises
     ------
     ValueError
-        If the image is unusable (NaN/inf, constant, wrong number of dimensions) or the
-        configured device is unknown or unavailable.
+        If the image is unusable (NaN/inf, constant, wrong number of dimensions), is colour
+        while the model takes greyscale, or the configured device is unknown or unavailable.
     """
 
     def __init__(
@@ -97,6 +99,13 @@ class RefineSession:
     ) -> None:
         self.config = config if config is not None else RefineConfig()
         self.image_info: ImageInfo = validate_image(image, rgb=rgb)
+        if self.image_info.is_rgb and model.in_channels == 1:
+            raise ValueError(
+                f"image: a colour image of shape {np.shape(image)} was given, but model "
+                f"{model.name!r} takes greyscale images; choose a colour model (such as "
+                "'hovernet-he') or convert the image to greyscale first "
+                "(skimage.color.rgb2gray)"
+            )
         self._image = np.array(image, copy=True)
         self._image.setflags(write=False)
         self.device, self.device_reason = resolve_device(self.config.device)
@@ -281,10 +290,15 @@ class RefineSession:
         return result, self._instance_classes(result, class_map)
 
     def _instance_classes(self, labels: np.ndarray, class_map: np.ndarray) -> dict[int, int]:
-        own = getattr(self.model, "instance_types", None)
-        if own is not None:
-            return {int(k): int(v) for k, v in own(labels, class_map).items()}
-        return instance_classes(labels, class_map)
+        rule = getattr(self.model, "instance_types", None)
+        if rule is None:
+            return instance_types(labels, class_map)
+        # the adapter's rule is 2D: apply it slice by slice (ids are unique over a stack)
+        plane_shape = labels.shape[-2:]
+        planes = zip(
+            labels.reshape(-1, *plane_shape), class_map.reshape(-1, *plane_shape), strict=True
+        )
+        return {int(k): int(v) for lab, cls in planes for k, v in rule(lab, cls).items()}
 
     # ------------------------------------------------------------------ history
     def undo(self) -> bool:
@@ -395,6 +409,7 @@ class RefineSession:
             threshold=cfg.grow_threshold,
             max_distance=cfg.grow_max_distance,
             intensity_range=self._grow_range,
+            max_grown_ratio=cfg.grow_cap or None,
         )
         return grown, grown
 
@@ -451,7 +466,9 @@ class RefineSession:
             )
             return self._no_op()
         targets = scribble_targets(used if self.image_info.is_3d else used[None])
-        batches = build_batches(self.model, self.features, targets)
+        weights = pixel_weights(used, scribbles, cfg)
+        weights = weights if self.image_info.is_3d else weights[None]
+        batches = build_batches(self.model, self.features, targets, weights)
         return self._loop(cfg, batches, n_scribbled, token, grown)
 
     def _no_op(self) -> Generator[RefineStep, None, RefineResult]:

@@ -88,8 +88,9 @@ def normalise_array(image: np.ndarray, normalise: Normaliser) -> np.ndarray:
 def to_input_tensor(image: np.ndarray, in_channels: int, device: torch.device) -> torch.Tensor:
     """Turn a scaled (Y, X) or (Y, X, C) image into an input tensor [1, in_channels, Y, X].
 
-    Greyscale images given to colour models are repeated over the channels; colour images
-    given to greyscale models are averaged; an alpha channel is dropped.
+    Greyscale images given to colour models are repeated over the channels; an alpha
+    channel is dropped. Colour images for greyscale models are an error: averaging the
+    channels would hide a wrong model choice.
 
     Parameters
     ----------
@@ -115,12 +116,12 @@ def to_input_tensor(image: np.ndarray, in_channels: int, device: torch.device) -
         raise ValueError(f"expected a (Y, X) or (Y, X, C) image, got shape {image.shape}")
     n = chw.shape[0]
     if n != in_channels:
-        if n == 1:
-            chw = np.repeat(chw, in_channels, axis=0)
-        elif in_channels == 1:
-            chw = chw.mean(axis=0, keepdims=True)
-        else:
-            raise ValueError(f"the model takes {in_channels} channel(s) but the image has {n}")
+        if n != 1:
+            raise ValueError(
+                f"image: the model takes {in_channels} channel(s) but the image has {n}; "
+                "choose a model made for this kind of image"
+            )
+        chw = np.repeat(chw, in_channels, axis=0)
     tensor = torch.from_numpy(np.ascontiguousarray(chw, dtype=np.float32))
     return tensor[None].to(device)
 
