@@ -6,7 +6,8 @@ the shipped weights come from a fixed number of steps (a wall-clock limit only g
 against a machine that is much slower than expected; a run cut short by it is marked
 ``complete: false`` in the weights' metadata). Runs use one CPU thread and bf16 autocast.
 
-The shipped weights are two stages per model (``MODEL`` = hovernet-fluo or hovernet-he)::
+The shipped weights come from stages 1 and 2 below (``MODEL`` = hovernet-fluo or
+hovernet-he); hovernet-he adds a stage 3 (``--stage 3 --lr 5e-4``, from stage 2's state dict)::
 
     # stage 1: 700 steps from scratch, lr 2e-3
     python scripts/train_builtin.py --model MODEL --out /tmp/s1 --scratch /tmp/s1
