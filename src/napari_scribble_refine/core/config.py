@@ -25,6 +25,20 @@ class RefineConfig:
         their head explicitly may ignore it.
     stop_fraction : float
         Refinement stops once this fraction of scribbled pixels is predicted as its class.
+    class_balanced : bool
+        Weight the cross-entropy so that every scribbled class counts equally (the mean of
+        the per-class means) instead of every scribbled pixel (the paper's g, the plain mean
+        over scribbled pixels). A user typically paints far more background than nuclei;
+        with the plain mean a few nucleus strokes are outvoted 20:1 and the head can
+        collapse to predicting background everywhere. False restores the paper's loss.
+    grown_weight : float
+        Loss weight of a pixel added by region growing relative to a pixel the user painted
+        (1 treats them alike, as in the paper; grown pixels are guesses, so less is safer).
+    keep_weight : float
+        Weight of the keep term: the mean KL divergence, over a random sample of
+        unscribbled pixels, between the head's output now and at the start of this
+        refinement (point-wise heads on cached features; 0 turns it off, as in the paper).
+        It stops strokes of one class from flipping the whole image to that class.
     region_growing : bool
         Grow each scribble to similar neighbouring pixels before refining.
     grow_threshold : float
@@ -32,6 +46,10 @@ class RefineConfig:
         pixel and the pixel it grows from.
     grow_max_distance : int
         The farthest (in pixels) a grown scribble may reach from its original stroke.
+    grow_cap : float
+        Each connected stroke may grow by at most this many times its own pixel count
+        (0: no cap). Keeps a background stroke on a flat region from turning into
+        thousands of pixels that outweigh everything else.
     preview_every : int
         Yield the full prediction every this many iterations (and always at the end).
     seed : int
@@ -40,15 +58,19 @@ class RefineConfig:
         ``"auto"`` (CUDA, then MPS, then CPU) or an explicit torch device string.
     """
 
-    max_iterations: int = 50
-    learning_rate: float = 0.05
-    momentum: float = 0.9
+    max_iterations: int = 20
+    learning_rate: float = 0.01
+    momentum: float = 0.5
     proximity_weight: float = 0.01
     n_layers: int = 1
     stop_fraction: float = 1.0
+    class_balanced: bool = True
+    grown_weight: float = 0.5
+    keep_weight: float = 1.0
     region_growing: bool = True
     grow_threshold: float = 0.05
     grow_max_distance: int = 10
+    grow_cap: float = 2.0
     preview_every: int = 5
     seed: int = 0
     device: str = "auto"
@@ -63,6 +85,9 @@ class RefineConfig:
             "stop_fraction": 0 < self.stop_fraction <= 1,
             "grow_threshold": self.grow_threshold >= 0,
             "grow_max_distance": self.grow_max_distance >= 0,
+            "grown_weight": self.grown_weight >= 0,
+            "keep_weight": self.keep_weight >= 0,
+            "grow_cap": self.grow_cap >= 0,
             "preview_every": self.preview_every >= 1,
         }
         expected = {
@@ -74,6 +99,9 @@ class RefineConfig:
             "stop_fraction": "a number in (0, 1]",
             "grow_threshold": "a number >= 0",
             "grow_max_distance": "an integer >= 0",
+            "grown_weight": "a number >= 0",
+            "keep_weight": "a number >= 0 (0: off)",
+            "grow_cap": "a number >= 0 (0: no cap)",
             "preview_every": "an integer >= 1",
         }
         for name, ok in checks.items():

@@ -9,6 +9,18 @@ Three ways to present scribbled pixels to the head, chosen by the adapter's geom
 * spatial head on cached features: square crops around the scribbles, each grown by the
   head's halo, with the loss counted only in each crop's core (so every pixel once);
 * opaque model: each scribbled slice in full (a whole forward per step).
+
+The loss is a weighted cross-entropy over the scribbled pixels (see :func:`pixel_weights`):
+with ``class_balanced`` each scribbled class counts equally (the mean of per-class means),
+and pixels added by region growing count ``grown_weight`` times a stroke pixel. With
+``class_balanced=False, grown_weight=1`` it is the paper's plain mean cross-entropy.
+
+With ``keep_weight > 0`` (point-wise heads on cached features) a second term keeps the
+prediction of a random sample of unscribbled pixels near what it was when the refinement
+started: the mean KL divergence from those starting probabilities. It is a proximity in
+function space next to the paper's proximity in weight space: without it, strokes of a single
+class (the usual case for a robot or a user correcting one kind of error) are satisfied
+fastest by shifting the head's bias, which flips the whole image to that class.
 """
 
 from __future__ import annotations
@@ -21,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import RefineConfig
 from .history import Anchor
 from .models.base import Features, SegmentationModel
 from .tiling import crop_features, tile_ranges
@@ -34,6 +47,9 @@ CROP_CORE = 128
 POINT_CHUNK = 262_144
 """Most scribbled pixels presented to a point-wise head at once."""
 
+KEEP_SAMPLES = 4096
+"""Unscribbled pixels sampled for the keep term (see the module docstring)."""
+
 
 @dataclass
 class Batch:
@@ -45,10 +61,19 @@ class Batch:
         Input to ``model.head``.
     target : torch.Tensor
         Long [N, h, w]: class index, or ``IGNORE``.
+    weight : torch.Tensor or None
+        Float [N, h, w]: each pixel's share of the loss (0 where ``IGNORE``), or None for
+        the plain mean (cross-entropy sum divided by the number of scribbled pixels).
+    keep : torch.Tensor or None
+        For a keep batch: the starting log-probabilities [N, C, h, w] that the head's output
+        should stay near (``weight`` then holds each pixel's share of the keep term and
+        ``target`` is all ``IGNORE``).
     """
 
     features: Features
     target: torch.Tensor
+    weight: torch.Tensor | None = None
+    keep: torch.Tensor | None = None
 
 
 def scribble_targets(scribbles: np.ndarray) -> np.ndarray:
@@ -67,7 +92,54 @@ def scribble_targets(scribbles: np.ndarray) -> np.ndarray:
     return scribbles.astype(np.int64) - 1
 
 
-def build_batches(model: SegmentationModel, features: Features, targets: np.ndarray) -> list[Batch]:
+def pixel_weights(used: np.ndarray, strokes: np.ndarray, config: RefineConfig) -> np.ndarray:
+    """Return each scribbled pixel's share of the loss (sum 1; 0 where not scribbled).
+
+    A pixel of the user's own strokes weighs 1 and a pixel added by region growing weighs
+    ``config.grown_weight``. With ``config.class_balanced`` the weights are then normalised
+    within each scribbled class and the classes averaged, so 455 background pixels and 20
+    nucleus pixels pull equally hard; otherwise they are normalised over all pixels (plain
+    weighted mean; with ``grown_weight = 1`` the paper's mean cross-entropy).
+
+    Parameters
+    ----------
+    used : numpy.ndarray
+        The scribbles the loss runs over (0 none, c + 1 class c), grown or not.
+    strokes : array_like
+        The user's scribbles before growing, same shape (only ``!= 0`` is used).
+    config : RefineConfig
+        Its ``class_balanced`` and ``grown_weight``.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 of ``used``'s shape.
+    """
+    used = np.asarray(used)
+    weights = np.where(np.asarray(strokes) != 0, 1.0, float(config.grown_weight))
+    weights = np.where(used != 0, weights, 0.0)
+    if config.class_balanced:
+        classes = np.unique(used[used != 0])
+        for value in classes:
+            mask = used == value
+            total = float(weights[mask].sum())
+            if total > 0:
+                weights[mask] /= total * len(classes)
+    total = float(weights.sum())
+    if total > 0:
+        weights /= total  # exact normalisation (also when a class carries zero weight)
+    return weights.astype(np.float32)
+
+
+def build_batches(
+    model: SegmentationModel,
+    features: Features,
+    targets: np.ndarray,
+    weights: np.ndarray | None = None,
+    *,
+    keep_weight: float = 0.0,
+    seed: int = 0,
+) -> list[Batch]:
     """Cut the cached features into what the head trains on (see module docstring).
 
     Parameters
@@ -78,6 +150,13 @@ def build_batches(model: SegmentationModel, features: Features, targets: np.ndar
         Cached [N, F, Y, X] tensors (N = 1 or the number of slices).
     targets : numpy.ndarray
         Targets of shape (N, Y, X), ``IGNORE`` where not scribbled.
+    weights : numpy.ndarray, optional
+        Per-pixel loss weights of the same shape (from :func:`pixel_weights`); None for the
+        plain mean.
+    keep_weight : float
+        Weight of the keep term (point-wise heads on cached features only; 0 = none).
+    seed : int
+        Seed of the keep term's pixel sample.
 
     Returns
     -------
@@ -89,6 +168,7 @@ def build_batches(model: SegmentationModel, features: Features, targets: np.ndar
     if model.trunk_is_cached and model.head_is_pointwise:
         z, y, x = np.nonzero(targets >= 0)
         labels = targets[z, y, x]
+        shares = None if weights is None else weights[z, y, x]
         for start in range(0, len(z), POINT_CHUNK):
             stop = start + POINT_CHUNK
             zi = torch.as_tensor(z[start:stop], device=device)
@@ -100,7 +180,14 @@ def build_batches(model: SegmentationModel, features: Features, targets: np.ndar
                 for k, v in features.items()
             }
             target = torch.as_tensor(labels[start:stop], device=device)[None, None, :]
-            batches.append(Batch(gathered, target))
+            share = None
+            if shares is not None:
+                share = torch.as_tensor(shares[start:stop], device=device)[None, None, :]
+            batches.append(Batch(gathered, target, share))
+        if keep_weight > 0:
+            keep = keep_batch(model, features, targets, keep_weight, seed)
+            if keep is not None:
+                batches.append(keep)
         return batches
 
     if model.trunk_is_cached:
@@ -119,11 +206,19 @@ def build_batches(model: SegmentationModel, features: Features, targets: np.ndar
                     xa, xb = max(0, x0 - halo), min(width, x1 + halo)
                     target = np.full((yb - ya, xb - xa), IGNORE, dtype=np.int64)
                     target[y0 - ya : y1 - ya, x0 - xa : x1 - xa] = core
+                    share = None
+                    if weights is not None:
+                        share_np = np.zeros(target.shape, dtype=np.float32)
+                        share_np[y0 - ya : y1 - ya, x0 - xa : x1 - xa] = weights[
+                            index, y0:y1, x0:x1
+                        ]
+                        share = torch.as_tensor(share_np, device=device)[None]
                     crop = crop_features(features, index, slice(ya, yb), slice(xa, xb))
                     batches.append(
                         Batch(
                             {k: v.clone() for k, v in crop.items()},
                             torch.as_tensor(target, device=device)[None],
+                            share,
                         )
                     )
         return batches
@@ -133,8 +228,56 @@ def build_batches(model: SegmentationModel, features: Features, targets: np.ndar
         if not (plane >= 0).any():
             continue
         whole = {k: v[index : index + 1].clone() for k, v in features.items()}
-        batches.append(Batch(whole, torch.as_tensor(plane, device=device)[None]))
+        share = None
+        if weights is not None:
+            share = torch.as_tensor(np.ascontiguousarray(weights[index]), device=device)[None]
+        batches.append(Batch(whole, torch.as_tensor(plane, device=device)[None], share))
     return batches
+
+
+def keep_batch(
+    model: SegmentationModel,
+    features: Features,
+    targets: np.ndarray,
+    keep_weight: float,
+    seed: int,
+) -> Batch | None:
+    """Sample unscribbled pixels and record the head's current output on them.
+
+    Parameters
+    ----------
+    model : SegmentationModel
+        The adapter (point-wise head on cached features).
+    features : Features
+        Cached [N, F, Y, X] tensors.
+    targets : numpy.ndarray
+        (N, Y, X) targets, ``IGNORE`` where not scribbled.
+    keep_weight : float
+        The keep term's total weight (shared equally by the sampled pixels).
+    seed : int
+        Seed of the sample.
+
+    Returns
+    -------
+    Batch or None
+        ``[1, F, 1, P]`` features, all-``IGNORE`` target, per-pixel weight and the starting
+        log-probabilities; None when nothing is unscribbled.
+    """
+    free = np.flatnonzero(targets.reshape(-1) < 0)
+    if free.size == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(free, size=min(KEEP_SAMPLES, free.size), replace=False))
+    z, y, x = np.unravel_index(chosen, targets.shape)
+    device = next(iter(features.values())).device
+    zi, yi, xi = (torch.as_tensor(a, device=device) for a in (z, y, x))
+    gathered = {k: v[zi, :, yi, xi].t().contiguous()[None, :, None, :] for k, v in features.items()}
+    with torch.no_grad():
+        start = model.head(gathered).float().log_softmax(1).detach()
+    n = chosen.size
+    target = torch.full((1, 1, n), IGNORE, dtype=torch.long, device=device)
+    weight = torch.full((1, 1, n), float(keep_weight) / n, device=device)
+    return Batch(gathered, target, weight, start)
 
 
 def proximity(params: Iterable[tuple[str, nn.Parameter]], anchor: Anchor) -> torch.Tensor:
@@ -171,7 +314,9 @@ def loss_and_gradients(
 ) -> tuple[float, int]:
     """Cross-entropy of the scribbled pixels, back-propagated into the head.
 
-    Gradients accumulate over the batches (call ``zero_grad`` before).
+    Gradients accumulate over the batches (call ``zero_grad`` before). Batches with
+    ``weight`` use the weighted sum (the weights sum to 1 over all batches); the others the
+    plain mean over ``n_scribbled``.
 
     Parameters
     ----------
@@ -180,12 +325,12 @@ def loss_and_gradients(
     batches : list of Batch
         From :func:`build_batches`.
     n_scribbled : int
-        Total scribbled pixels (the mean's denominator).
+        Total scribbled pixels (the plain mean's denominator).
 
     Returns
     -------
     loss : float
-        Mean cross-entropy.
+        (Weighted) mean cross-entropy.
     violations : int
         Scribbled pixels whose argmax is not their class.
     """
@@ -193,13 +338,25 @@ def loss_and_gradients(
     wrong = 0
     for batch in batches:
         logits = model.head(batch.features)
-        ce = F.cross_entropy(logits, batch.target, ignore_index=IGNORE, reduction="sum")
-        (ce / n_scribbled).backward()
+        if batch.keep is not None:
+            log_p = logits.float().log_softmax(1)
+            kl = (batch.keep.exp() * (batch.keep - log_p)).sum(1)
+            term = (kl * batch.weight).sum()
+            term.backward()
+            total += float(term.detach())
+            continue
+        if batch.weight is None:
+            ce = F.cross_entropy(logits, batch.target, ignore_index=IGNORE, reduction="sum")
+            ce = ce / n_scribbled
+        else:
+            per_pixel = F.cross_entropy(logits, batch.target, ignore_index=IGNORE, reduction="none")
+            ce = (per_pixel * batch.weight.to(per_pixel.dtype)).sum()
+        ce.backward()
         total += float(ce.detach())
         with torch.no_grad():
             scribbled = batch.target != IGNORE
             wrong += int(((logits.argmax(1) != batch.target) & scribbled).sum())
-    return total / n_scribbled, wrong
+    return total, wrong
 
 
 class MomentumSGD:

@@ -94,6 +94,7 @@ def grow_scribbles(
     max_distance: int = 10,
     connectivity: int = 1,
     intensity_range: tuple[float, float] | None = None,
+    max_grown_ratio: float | None = None,
 ) -> np.ndarray:
     """Grow each scribble into neighbouring pixels of similar intensity.
 
@@ -107,6 +108,11 @@ def grow_scribbles(
     ``max_distance`` steps growth stops, so no grown pixel is more than ``max_distance`` steps
     (a geodesic distance through the grown region) from its original stroke, and a stroke on
     flat background cannot flood the image.
+
+    With ``max_grown_ratio`` each stroke (a fully connected component of one label) may
+    add at most ``floor(max_grown_ratio * its size)`` pixels; in a step that would exceed
+    it, the candidates most similar to the pixel they grow from are taken first, and the
+    stroke stops growing once its budget is spent (others may still claim those pixels).
 
     Intensities are scaled to [0, 1] by ``(value - low) / (high - low)`` where ``low, high``
     are the 0.5th and 99.5th percentiles of the whole image (see
@@ -131,6 +137,9 @@ def grow_scribbles(
     intensity_range : tuple of float, optional
         ``(low, high)`` to use instead of :func:`robust_intensity_range` (callers that grow
         repeatedly on one image can compute it once).
+    max_grown_ratio : float, optional
+        Cap on the pixels each stroke may add, as a multiple of the stroke's own pixel
+        count; None (default) or 0 means no cap.
 
     Returns
     -------
@@ -168,6 +177,8 @@ def grow_scribbles(
         raise ValueError(f"threshold must be a number >= 0, got {threshold!r}")
     if int(max_distance) != max_distance or max_distance < 0:
         raise ValueError(f"max_distance must be an integer >= 0, got {max_distance!r}")
+    if max_grown_ratio is not None and not max_grown_ratio >= 0:
+        raise ValueError(f"max_grown_ratio must be None or a number >= 0, got {max_grown_ratio!r}")
     if connectivity not in range(1, labels.ndim + 1):
         raise ValueError(
             f"connectivity must be between 1 and {labels.ndim} for {labels.ndim}D scribbles, "
@@ -197,13 +208,17 @@ def grow_scribbles(
     )
 
     frontier = np.flatnonzero(flat)
+    capped = bool(max_grown_ratio)
+    if capped:
+        owner, budget = _stroke_budgets(labels, float(max_grown_ratio))
+        flat_owner = owner.reshape(-1)
     for _ in range(int(max_distance)):
         if frontier.size == 0:
             break
         coords = np.unravel_index(frontier, shape)
         source_values = values[frontier].astype(np.float64)
         source_labels = flat[frontier]
-        claimed_at, claimed_by = [], []
+        claimed_at, claimed_by, claimed_owner, claimed_diff = [], [], [], []
         for offset, flat_offset in zip(offsets, flat_offsets, strict=True):
             inside = np.ones(frontier.size, dtype=bool)
             for axis, step in enumerate(offset):
@@ -216,11 +231,15 @@ def grow_scribbles(
             source, target = source[free], target[free]
             difference = values[target] - source_values[source]
             if n_channels:
-                similar = np.einsum("ij,ij->i", difference, difference) < limit * limit
+                squared = np.einsum("ij,ij->i", difference, difference)
             else:
-                similar = np.abs(difference) < limit
+                squared = difference * difference
+            similar = squared < limit * limit
             claimed_at.append(target[similar])
             claimed_by.append(source_labels[source[similar]])
+            if capped:
+                claimed_owner.append(flat_owner[frontier[source[similar]]])
+                claimed_diff.append(squared[similar])
 
         targets = np.concatenate(claimed_at)
         if targets.size == 0:
@@ -233,7 +252,47 @@ def grow_scribbles(
         highest = np.maximum.reduceat(offered, starts)
         unique_targets = targets[starts]
         agreed = lowest == highest
-        flat[unique_targets[agreed]] = lowest[agreed]
         blocked[unique_targets[~agreed]] = True
-        frontier = unique_targets[agreed]
+        accepted = unique_targets[agreed]
+        if capped:
+            owners = np.minimum.reduceat(np.concatenate(claimed_owner)[order], starts)[agreed]
+            closest = np.minimum.reduceat(np.concatenate(claimed_diff)[order], starts)[agreed]
+            keep = _within_budget(owners, closest, budget)
+            accepted, owners = accepted[keep], owners[keep]
+            flat_owner[accepted] = owners
+        flat[accepted] = lowest[agreed][keep] if capped else lowest[agreed]
+        frontier = accepted
     return grown
+
+
+def _stroke_budgets(labels: np.ndarray, ratio: float) -> tuple[np.ndarray, np.ndarray]:
+    """Label every stroke (fully connected component of one label) and give it a budget.
+
+    Returns the int64 component map (0 = unlabelled; 1.. strokes) and the budget of each
+    component id (index 0 unused), ``floor(ratio * size)``.
+    """
+    owner = np.zeros(labels.shape, dtype=np.int64)
+    structure = ndimage.generate_binary_structure(labels.ndim, labels.ndim)
+    offset = 0
+    for value in np.unique(labels[labels > 0]):
+        components, n = ndimage.label(labels == value, structure=structure)
+        owner[components > 0] = components[components > 0] + offset
+        offset += n
+    sizes = np.bincount(owner.reshape(-1), minlength=offset + 1)
+    budget = np.floor(ratio * sizes).astype(np.int64)
+    budget[0] = 0
+    return owner, budget
+
+
+def _within_budget(owners: np.ndarray, closeness: np.ndarray, budget: np.ndarray) -> np.ndarray:
+    """Choose the candidates each stroke may take this step (most similar first)."""
+    order = np.lexsort((closeness, owners))
+    sorted_owners = owners[order]
+    starts = np.flatnonzero(np.r_[True, sorted_owners[1:] != sorted_owners[:-1]])
+    group_start = np.repeat(starts, np.diff(np.r_[starts, sorted_owners.size]))
+    rank = np.arange(sorted_owners.size) - group_start
+    keep_sorted = rank < budget[sorted_owners]
+    keep = np.zeros(owners.size, dtype=bool)
+    keep[order[keep_sorted]] = True
+    np.subtract.at(budget, owners[keep], 1)
+    return keep

@@ -1,0 +1,72 @@
+"""Refinement robustness: class-balanced loss, grown-pixel weights, keep term, growth cap."""
+
+from __future__ import annotations
+
+import numpy as np
+from _tiny_nets import disk_labels, fraction, scribble_disks
+
+from napari_scribble_refine.core.config import RefineConfig
+from napari_scribble_refine.core.refine_loop import pixel_weights
+from napari_scribble_refine.core.region_growing import grow_scribbles
+from napari_scribble_refine.core.session import RefineSession
+
+
+def test_pixel_weights_balance_classes_and_discount_grown_pixels():
+    used = np.zeros((10, 50), np.int32)
+    used[0, :40] = 1  # 40 background pixels
+    used[5, :2] = 2  # 2 nucleus pixels (20:1)
+    strokes = used.copy()
+    strokes[0, 20:] = 0  # background pixels 20..39 were grown
+    w = pixel_weights(used, strokes, RefineConfig(grown_weight=0.5))
+    assert np.isclose(w.sum(), 1.0)
+    assert np.isclose(w[used == 1].sum(), 0.5) and np.isclose(w[used == 2].sum(), 0.5)
+    assert np.isclose(w[0, 0], 2 * w[0, 30])  # grown pixels weigh half
+    assert (w[used == 0] == 0).all()
+    plain = pixel_weights(used, strokes, RefineConfig(class_balanced=False, grown_weight=1.0))
+    np.testing.assert_allclose(plain[used != 0], 1 / 42, rtol=1e-6)  # the paper's mean
+
+
+def test_growth_cap_holds_per_stroke():
+    image = np.zeros((80, 80), np.float32)
+    image[40:, :] = 1.0  # two flat halves, so growth floods each half without a cap
+    scribbles = np.zeros(image.shape, np.int32)
+    scribbles[10, 10:15] = 1  # 5 px
+    scribbles[60, 10:13] = 2  # 3 px
+    scribbles[60, 60:70] = 2  # 10 px, a second stroke of the same class
+    free = grow_scribbles(image, scribbles, threshold=0.5, max_distance=30)
+    capped = grow_scribbles(image, scribbles, threshold=0.5, max_distance=30, max_grown_ratio=2)
+    assert (free == 1).sum() > 500  # uncapped: a flood
+    assert (capped == 1).sum() <= 5 * 3
+    assert (capped == 2).sum() <= 13 * 3
+    assert (capped == 1).sum() == 15 and (capped == 2).sum() == 39  # budgets are spent
+    np.testing.assert_array_equal(capped[scribbles > 0], scribbles[scribbles > 0])
+    assert set(np.unique(capped[image == 0])) <= {0, 1}  # no label crosses the edge
+
+
+def test_balanced_loss_survives_20_to_1_background(model2, scene, config):
+    image, kinds = scene
+    scribbles = np.zeros(kinds.shape, np.int32)
+    ys, xs = np.nonzero(kinds == 0)
+    pick = np.random.default_rng(0).choice(ys.size, 800, replace=False)
+    scribbles[ys[pick], xs[pick]] = 1  # lots of background
+    scribble_disks(scribbles, kinds, 2, [0, 1, 2, 3], value=1)  # dim disks are background
+    labels, _ = disk_labels(kinds, 1)
+    nucleus = np.argwhere(labels == 1)[:40:2]  # 20 nucleus pixels
+    scribbles[nucleus[:, 0], nucleus[:, 1]] = 2
+    n_bg, n_fg = (scribbles == 1).sum(), (scribbles == 2).sum()
+    assert n_bg >= 20 * n_fg
+    cfg = config.replace(keep_weight=0.0, class_balanced=True)
+    result = RefineSession(model2, image, cfg).run(scribbles)
+    assert fraction(result.prediction, kinds == 1, 1) > 0.85  # bright disks stay nuclei
+    assert fraction(result.prediction, kinds == 2, 0) > 0.85  # dim disks became background
+
+
+def test_single_class_strokes_do_not_flip_the_image(model2, scene, config):
+    image, kinds = scene
+    scribbles = np.zeros(kinds.shape, np.int32)
+    scribble_disks(scribbles, kinds, 2, [0], value=1)  # one dim disk: background, nothing else
+    cfg = config.replace(learning_rate=0.05, momentum=0.9, max_iterations=80, stop_fraction=1.0)
+    kept = RefineSession(model2, image, cfg.replace(keep_weight=1.0)).run(scribbles)
+    assert kept.violations == 0
+    assert fraction(kept.prediction, kinds == 1, 1) > 0.9
+    assert fraction(kept.prediction, kinds == 0, 0) > 0.9
