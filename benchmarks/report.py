@@ -43,7 +43,20 @@ def verdict(results: dict) -> list[str]:
         for key, lower, label in (("noc90", True, "NoC@0.90"), ("dice@3", False, "Dice@3")):
             winners, best = _best(methods, source, key, lower)
             ours_best = [n for n in winners if n in ours]
-            if ours_best:
+            n_methods = sum(
+                source in m and m[source].get(key) is not None for m in methods.values()
+            )
+            if ours_best and len(winners) == n_methods:
+                all_ok = False
+                lines.append(
+                    f"- {source}, {label}: **no difference**: every method scores {_f(best, 2)}"
+                )
+            elif ours_best and len(winners) > len(ours_best):
+                lines.append(
+                    f"- {source}, {label}: **ours ties for best** ({', '.join(winners)}: "
+                    f"{_f(best, 2)})"
+                )
+            elif ours_best:
                 lines.append(
                     f"- {source}, {label}: **ours wins** ({', '.join(winners)}: {_f(best, 2)})"
                 )
@@ -79,6 +92,7 @@ def _method_table(results: dict, source: str) -> list[str]:
         f"scribbled px@5 | s/call median | p90 | setup s |"
     )
     lines = [head, "|" + "---|" * 16]
+    n_all = max(per[source]["n_images"] for per in methods.values() if source in per)
     for name, per in methods.items():
         m = per.get(source)
         if not m:
@@ -88,8 +102,9 @@ def _method_table(results: dict, source: str) -> list[str]:
         def at(curve: list, k: int) -> object:
             return curve[k] if len(curve) > k else None
 
+        shown = name if m["n_images"] == n_all else f"{name} ({m['n_images']} of {n_all} images)"
         lines.append(
-            f"| {name} | {_f(m['noc85'], 2)} ({m['never85']}) | {_f(m['noc90'], 2)} "
+            f"| {shown} | {_f(m['noc85'], 2)} ({m['never85']}) | {_f(m['noc90'], 2)} "
             f"({m['never90']}) | {_f(at(c, 0))} | {_f(at(c, 1))} | {_f(m['dice@3'])} | "
             f"{_f(m['dice@5'])} | {_f(at(c, k_max))} | {_f(at(m['iou_curve'], 5))} | "
             f"{_f(at(m['class_dice_curve'], 5))} | {_f(m['aji0'])} → {_f(m['ajiK'])}"
@@ -197,7 +212,7 @@ def write_report(results: dict, path: Path, plots: list[Path]) -> None:
     meta = results["meta"]
     methods = results["methods"]
     sources = sorted({s for m in methods.values() for s in m if s != "all"})
-    n_images = {s: next(iter(methods.values()))[s]["n_images"] for s in sources}
+    n_images = {s: max(m[s]["n_images"] for m in methods.values() if s in m) for s in sources}
     limited = meta.get("limited_run")
     out = [
         "# Benchmark: correcting nucleus segmentations with a robot user",

@@ -231,6 +231,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="image sides for the seconds-vs-size table ('' to skip)",
     )
     p.add_argument("--no-core-bench", action="store_true", help="skip bench_refine.py")
+    p.add_argument("--report-from", type=Path, default=None, help="only re-render a results.json")
     return p.parse_args(argv)
 
 
@@ -241,6 +242,10 @@ def main(argv: list[str] | None = None) -> None:
     from report import write_report
 
     args = parse_args(argv)
+    if args.report_from:  # re-render docs (e.g. after editing notes.md) without re-running
+        results = json.loads(args.report_from.read_text())
+        write_report(results, args.docs / "benchmarks.md", write_plots(results, args.docs))
+        return
     t_start = time.time()
     warnings.filterwarnings("ignore", category=UserWarning)
     models = _load_models(args.grey_model, args.rgb_model, args.model_normalisation)
@@ -254,12 +259,25 @@ def main(argv: list[str] | None = None) -> None:
     }
     results["meta"]["wall_seconds_total"] = round(time.time() - t_start, 1)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=1, default=_json_default))
+    (args.out / "results.json").write_text(
+        json.dumps(_rounded(results), indent=1, default=_json_default)
+    )
     plots = write_plots(results, args.docs)
     write_report(results, args.docs / "benchmarks.md", plots)
     print(
         f"wrote {args.out / 'results.json'}, {args.docs / 'benchmarks.md'} and {len(plots)} plots"
     )
+
+
+def _rounded(obj: object, digits: int = 4) -> object:
+    """Round floats (and NaN to None) throughout, to keep results.json small and diffable."""
+    if isinstance(obj, float | np.floating):
+        return None if not np.isfinite(obj) else round(float(obj), digits)
+    if isinstance(obj, dict):
+        return {k: _rounded(v, digits) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_rounded(v, digits) for v in obj]
+    return obj
 
 
 def _json_default(obj: object) -> object:
