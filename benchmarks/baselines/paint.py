@@ -21,7 +21,7 @@ class PaintOnly:
 
 
 class GrowThenPaint:
-    """Region growing (the same T and distance cap as ours), then paint-only.
+    """Region growing (the same T, distance and size caps as ours), then paint-only.
 
     Separates what growing alone gives from what fine-tuning gives.
     """
@@ -40,5 +40,6 @@ class GrowThenPaint:
             threshold=self.config.grow_threshold,
             max_distance=self.config.grow_max_distance,
             intensity_range=self.range,
+            max_grown_ratio=self.config.grow_cap or None,
         )
         return paint(self.initial, grown)
