@@ -62,7 +62,9 @@ CONFIGS: dict[str, dict] = {
 """Named configurations: RefineConfig overrides (plus ``n_layers`` for the model)."""
 
 
-def make_images(n_fluo: int, n_he: int, size: int | None) -> list[tuple[str, str, object]]:
+def make_images(
+    n_fluo: int, n_he: int, size: int | None, hard: bool = False
+) -> list[tuple[str, str, object]]:
     """Synthetic samples: (label, model name, SyntheticSample).
 
     Parameters
@@ -71,6 +73,11 @@ def make_images(n_fluo: int, n_he: int, size: int | None) -> list[tuple[str, str
         Number of fluorescence (every third one brightfield grey) and H&E images.
     size : int or None
         Square side; None cycles through 256, 320 and 384.
+    hard : bool
+        Generator settings outside the training ranges (a domain shift the built-in models
+        get wrong): fluorescence nuclei of radius 28-40 px (trained 4-25), brightfield
+        nuclei of radius 13-18 px (trained 4-11), H&E at 1.7-2.2x magnification
+        (trained 0.6-1.4x); labels get an ``h`` prefix.
 
     Returns
     -------
@@ -83,12 +90,18 @@ def make_images(n_fluo: int, n_he: int, size: int | None) -> list[tuple[str, str
         side = size or sides[i % 3]
         bf = i % 3 == 2
         seed = SEED0 + i
-        sample = synthetic_fluorescence((side, side), seed=seed, brightfield=bf)
-        out.append((f"{'bf' if bf else 'fl'}{i}-{side}", "hovernet-fluo", sample))
+        extra: dict = {}
+        if hard:
+            rng = np.random.default_rng(seed)
+            extra["radius"] = rng.uniform(13, 18) if bf else rng.uniform(28, 40)
+        sample = synthetic_fluorescence((side, side), seed=seed, brightfield=bf, **extra)
+        out.append((f"{'h' * hard}{'bf' if bf else 'fl'}{i}-{side}", "hovernet-fluo", sample))
     for i in range(n_he):
         side = size or sides[i % 3]
         seed = SEED0 + 500 + i
-        out.append((f"he{i}-{side}", "hovernet-he", synthetic_he((side, side), seed=seed)))
+        extra = {"scale": float(np.random.default_rng(seed).uniform(1.7, 2.2))} if hard else {}
+        sample = synthetic_he((side, side), seed=seed, **extra)
+        out.append((f"{'h' * hard}he{i}-{side}", "hovernet-he", sample))
     return out
 
 
@@ -185,7 +198,7 @@ def print_table(name: str, overrides: dict, rows: dict, interactions: int) -> di
         med = statistics.median(r["seconds"])
         print(f"{label:<10} {d} | {c} | {med:5.2f}  {r['steps']}")
     summary: dict = {"overrides": overrides}
-    for group, prefix in (("fluo", ("fl", "bf")), ("he", ("he",))):
+    for group, prefix in (("fluo", ("fl", "bf", "hfl", "hbf")), ("he", ("he", "hhe"))):
         sel = [r for lab, r in rows.items() if lab.startswith(prefix)]
         if not sel:
             continue
@@ -250,6 +263,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--n-he", type=int, default=6)
     p.add_argument("--size", type=int, default=None, help="square side (default 256-384)")
     p.add_argument("--interactions", type=int, default=5)
+    p.add_argument("--hard", action="store_true", help="out-of-training-range generator settings")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None, help="also write the JSON summary here")
     args = p.parse_args(argv)
@@ -265,7 +279,7 @@ def main(argv: list[str] | None = None) -> dict:
             custom[field] = parse_value(value)
         configs["custom:" + ",".join(args.set)] = custom
 
-    images = make_images(args.n_fluo, args.n_he, args.size)
+    images = make_images(args.n_fluo, args.n_he, args.size, args.hard)
     cache: dict = {}
     summary = {}
     for name, overrides in configs.items():

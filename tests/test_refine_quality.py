@@ -70,3 +70,48 @@ def test_single_class_strokes_do_not_flip_the_image(model2, scene, config):
     assert kept.violations == 0
     assert fraction(kept.prediction, kinds == 1, 1) > 0.9
     assert fraction(kept.prediction, kinds == 0, 0) > 0.9
+
+
+def test_keep_term_is_flat_at_the_anchor_and_pulls_a_drifted_head_back(model2, scene, config):
+    import torch
+
+    from napari_scribble_refine.core.refine_loop import (
+        MomentumSGD,
+        build_batches,
+        loss_and_gradients,
+    )
+
+    image, kinds = scene
+    session = RefineSession(model2, image, config)
+    targets = np.full((1, *kinds.shape), -1, np.int64)  # nothing scribbled: keep term only
+    anchor = {n: p.detach().clone() for n, p in session.model.head_module.named_parameters()}
+    batches = build_batches(
+        session.model, session.features, targets, keep_weight=1.0, seed=0, anchor=anchor
+    )
+    assert len(batches) == 1 and batches[0].keep is not None
+    params = [p for p in session.model.head_module.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    loss, wrong = loss_and_gradients(session.model, batches, 1)
+    assert wrong == 0 and abs(loss) < 1e-6  # KL is zero at the anchor ...
+    assert all(float(p.grad.abs().max()) < 1e-5 for p in params)  # ... and so is its gradient
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in params:
+            p.add_(0.3 * torch.randn(p.shape, generator=gen))  # drift away from the anchor
+    drifted = sum(
+        float((p.detach() - anchor[n]).norm())
+        for n, p in session.model.head_module.named_parameters()
+    )
+    optimiser = MomentumSGD(params, lr=0.5, momentum=0.0)
+    losses = []
+    for _ in range(30):
+        optimiser.zero_grad()
+        losses.append(loss_and_gradients(session.model, batches, 1)[0])
+        optimiser.step()
+    after = sum(
+        float((p.detach() - anchor[n]).norm())
+        for n, p in session.model.head_module.named_parameters()
+    )
+    assert losses[-1] < 0.5 * losses[0]
+    assert after < drifted

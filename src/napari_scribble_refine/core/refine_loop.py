@@ -139,6 +139,7 @@ def build_batches(
     *,
     keep_weight: float = 0.0,
     seed: int = 0,
+    anchor: Anchor | None = None,
 ) -> list[Batch]:
     """Cut the cached features into what the head trains on (see module docstring).
 
@@ -157,6 +158,9 @@ def build_batches(
         Weight of the keep term (point-wise heads on cached features only; 0 = none).
     seed : int
         Seed of the keep term's pixel sample.
+    anchor : Anchor, optional
+        Head weights whose output the keep term holds on to (the pre-trained head, by
+        parameter name); default: the head as it is now.
 
     Returns
     -------
@@ -185,7 +189,7 @@ def build_batches(
                 share = torch.as_tensor(shares[start:stop], device=device)[None, None, :]
             batches.append(Batch(gathered, target, share))
         if keep_weight > 0:
-            keep = keep_batch(model, features, targets, keep_weight, seed)
+            keep = keep_batch(model, features, targets, keep_weight, seed, anchor)
             if keep is not None:
                 batches.append(keep)
         return batches
@@ -241,6 +245,7 @@ def keep_batch(
     targets: np.ndarray,
     keep_weight: float,
     seed: int,
+    anchor: Anchor | None = None,
 ) -> Batch | None:
     """Sample unscribbled pixels and record the head's current output on them.
 
@@ -256,6 +261,9 @@ def keep_batch(
         The keep term's total weight (shared equally by the sampled pixels).
     seed : int
         Seed of the sample.
+    anchor : Anchor, optional
+        Head weights (by parameter name) to compute the reference output with; default the
+        current head.
 
     Returns
     -------
@@ -273,7 +281,18 @@ def keep_batch(
     zi, yi, xi = (torch.as_tensor(a, device=device) for a in (z, y, x))
     gathered = {k: v[zi, :, yi, xi].t().contiguous()[None, :, None, :] for k, v in features.items()}
     with torch.no_grad():
-        start = model.head(gathered).float().log_softmax(1).detach()
+        saved = {}
+        if anchor is not None:
+            for name, p in model.head_module.named_parameters():
+                if name in anchor and anchor[name].shape == p.shape:
+                    saved[name] = p.detach().clone()
+                    p.copy_(anchor[name].to(p.device))
+        try:
+            start = model.head(gathered).float().log_softmax(1).detach()
+        finally:
+            params = dict(model.head_module.named_parameters())
+            for name, value in saved.items():
+                params[name].copy_(value)
     n = chosen.size
     target = torch.full((1, 1, n), IGNORE, dtype=torch.long, device=device)
     weight = torch.full((1, 1, n), float(keep_weight) / n, device=device)

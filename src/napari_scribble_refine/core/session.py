@@ -468,7 +468,15 @@ class RefineSession:
         targets = scribble_targets(used if self.image_info.is_3d else used[None])
         weights = pixel_weights(used, scribbles, cfg)
         weights = weights if self.image_info.is_3d else weights[None]
-        batches = build_batches(self.model, self.features, targets, weights)
+        batches = build_batches(
+            self.model,
+            self.features,
+            targets,
+            weights,
+            keep_weight=cfg.keep_weight,
+            seed=cfg.seed,
+            anchor=self._history.anchor,
+        )
         return self._loop(cfg, batches, n_scribbled, token, grown)
 
     def _no_op(self) -> Generator[RefineStep, None, RefineResult]:
