@@ -35,10 +35,11 @@ class RefineConfig:
         Loss weight of a pixel added by region growing relative to a pixel the user painted
         (1 treats them alike, as in the paper; grown pixels are guesses, so less is safer).
     keep_weight : float
-        Weight of the keep term: the mean KL divergence, over a random sample of
-        unscribbled pixels, between the head's output now and at the start of this
-        refinement (point-wise heads on cached features; 0 turns it off, as in the paper).
-        It stops strokes of one class from flipping the whole image to that class.
+        Weight of the keep term: the mean KL divergence, over unscribbled pixels (a random
+        sample of the image for point-wise heads; the training crops or slices otherwise),
+        from the pre-trained head's output to the current one. A proximity in function
+        space beside ``proximity_weight``'s in weight space (0 turns it off, as in the
+        paper). It stops strokes of one class from flipping the whole image to that class.
     region_growing : bool
         Grow each scribble to similar neighbouring pixels before refining.
     grow_threshold : float

@@ -15,9 +15,10 @@ with ``class_balanced`` each scribbled class counts equally (the mean of per-cla
 and pixels added by region growing count ``grown_weight`` times a stroke pixel. With
 ``class_balanced=False, grown_weight=1`` it is the paper's plain mean cross-entropy.
 
-With ``keep_weight > 0`` (point-wise heads on cached features) a second term keeps the
-prediction of a random sample of unscribbled pixels near what it was when the refinement
-started: the mean KL divergence from those starting probabilities. It is a proximity in
+With ``keep_weight > 0`` a second term keeps the prediction of unscribbled pixels near the
+pre-trained head's: the mean KL divergence from its probabilities, over a random sample of
+the image's unscribbled pixels (point-wise heads) or over the unscribbled pixels of the
+training crops or slices (spatial heads, opaque models). It is a proximity in
 function space next to the paper's proximity in weight space: without it, strokes of a single
 class (the usual case for a robot or a user correcting one kind of error) are satisfied
 fastest by shifting the head's bias, which flips the whole image to that class.
@@ -65,15 +66,17 @@ class Batch:
         Float [N, h, w]: each pixel's share of the loss (0 where ``IGNORE``), or None for
         the plain mean (cross-entropy sum divided by the number of scribbled pixels).
     keep : torch.Tensor or None
-        For a keep batch: the starting log-probabilities [N, C, h, w] that the head's output
-        should stay near (``weight`` then holds each pixel's share of the keep term and
-        ``target`` is all ``IGNORE``).
+        Reference log-probabilities [N, C, h, w] that the head's output should stay near
+        (the keep term), or None.
+    keep_share : torch.Tensor or None
+        Float [N, h, w]: each pixel's share of the keep term (with ``keep``).
     """
 
     features: Features
     target: torch.Tensor
     weight: torch.Tensor | None = None
     keep: torch.Tensor | None = None
+    keep_share: torch.Tensor | None = None
 
 
 def scribble_targets(scribbles: np.ndarray) -> np.ndarray:
@@ -155,7 +158,7 @@ def build_batches(
         Per-pixel loss weights of the same shape (from :func:`pixel_weights`); None for the
         plain mean.
     keep_weight : float
-        Weight of the keep term (point-wise heads on cached features only; 0 = none).
+        Weight of the keep term (0 = none).
     seed : int
         Seed of the keep term's pixel sample.
     anchor : Anchor, optional
@@ -194,6 +197,7 @@ def build_batches(
                 batches.append(keep)
         return batches
 
+    cores: list[np.ndarray] = []  # where each dense batch's loss counts
     if model.trunk_is_cached:
         halo = int(model.head_halo)
         height, width = targets.shape[1:]
@@ -218,6 +222,9 @@ def build_batches(
                         ]
                         share = torch.as_tensor(share_np, device=device)[None]
                     crop = crop_features(features, index, slice(ya, yb), slice(xa, xb))
+                    core_mask = np.zeros(target.shape, dtype=bool)
+                    core_mask[y0 - ya : y1 - ya, x0 - xa : x1 - xa] = True
+                    cores.append(core_mask[None])
                     batches.append(
                         Batch(
                             {k: v.clone() for k, v in crop.items()},
@@ -225,6 +232,7 @@ def build_batches(
                             share,
                         )
                     )
+        _attach_keep(model, batches, cores, keep_weight, anchor)
         return batches
 
     for index in range(targets.shape[0]):
@@ -236,7 +244,57 @@ def build_batches(
         if weights is not None:
             share = torch.as_tensor(np.ascontiguousarray(weights[index]), device=device)[None]
         batches.append(Batch(whole, torch.as_tensor(plane, device=device)[None], share))
+        cores.append(np.ones((1, *plane.shape), dtype=bool))
+    _attach_keep(model, batches, cores, keep_weight, anchor)
     return batches
+
+
+class _Anchored:
+    """Context in which the head's parameters hold the anchor's values (restored after)."""
+
+    def __init__(self, model: SegmentationModel, anchor: Anchor | None) -> None:
+        self.model, self.anchor = model, anchor
+        self.saved: dict[str, torch.Tensor] = {}
+
+    def __enter__(self) -> None:
+        if self.anchor is None:
+            return
+        with torch.no_grad():
+            for name, p in self.model.head_module.named_parameters():
+                ref = self.anchor.get(name)
+                if ref is not None and ref.shape == p.shape:
+                    self.saved[name] = p.detach().clone()
+                    p.copy_(ref.to(p.device))
+
+    def __exit__(self, *exc: object) -> None:
+        with torch.no_grad():
+            params = dict(self.model.head_module.named_parameters())
+            for name, value in self.saved.items():
+                params[name].copy_(value)
+
+
+def _attach_keep(
+    model: SegmentationModel,
+    batches: list[Batch],
+    cores: list[np.ndarray],
+    keep_weight: float,
+    anchor: Anchor | None,
+) -> None:
+    """Give dense batches the keep term over their unscribbled core pixels (in place)."""
+    if keep_weight <= 0 or not batches:
+        return
+    masks = [
+        core & (b.target.cpu().numpy() == IGNORE) for b, core in zip(batches, cores, strict=True)
+    ]
+    total = sum(int(m.sum()) for m in masks)
+    if total == 0:
+        return
+    with torch.no_grad(), _Anchored(model, anchor):
+        for batch, mask in zip(batches, masks, strict=True):
+            device = batch.target.device
+            batch.keep = model.head(batch.features).float().log_softmax(1).detach()
+            share = mask.astype(np.float32) * np.float32(keep_weight / total)
+            batch.keep_share = torch.as_tensor(share, device=device)
 
 
 def keep_batch(
@@ -280,23 +338,12 @@ def keep_batch(
     device = next(iter(features.values())).device
     zi, yi, xi = (torch.as_tensor(a, device=device) for a in (z, y, x))
     gathered = {k: v[zi, :, yi, xi].t().contiguous()[None, :, None, :] for k, v in features.items()}
-    with torch.no_grad():
-        saved = {}
-        if anchor is not None:
-            for name, p in model.head_module.named_parameters():
-                if name in anchor and anchor[name].shape == p.shape:
-                    saved[name] = p.detach().clone()
-                    p.copy_(anchor[name].to(p.device))
-        try:
-            start = model.head(gathered).float().log_softmax(1).detach()
-        finally:
-            params = dict(model.head_module.named_parameters())
-            for name, value in saved.items():
-                params[name].copy_(value)
+    with torch.no_grad(), _Anchored(model, anchor):
+        start = model.head(gathered).float().log_softmax(1).detach()
     n = chosen.size
     target = torch.full((1, 1, n), IGNORE, dtype=torch.long, device=device)
-    weight = torch.full((1, 1, n), float(keep_weight) / n, device=device)
-    return Batch(gathered, target, weight, start)
+    share = torch.full((1, 1, n), float(keep_weight) / n, device=device)
+    return Batch(gathered, target, None, start, share)
 
 
 def proximity(params: Iterable[tuple[str, nn.Parameter]], anchor: Anchor) -> torch.Tensor:
@@ -357,23 +404,20 @@ def loss_and_gradients(
     wrong = 0
     for batch in batches:
         logits = model.head(batch.features)
-        if batch.keep is not None:
-            log_p = logits.float().log_softmax(1)
-            kl = (batch.keep.exp() * (batch.keep - log_p)).sum(1)
-            term = (kl * batch.weight).sum()
-            term.backward()
-            total += float(term.detach())
-            continue
+        scribbled = batch.target != IGNORE
         if batch.weight is None:
-            ce = F.cross_entropy(logits, batch.target, ignore_index=IGNORE, reduction="sum")
-            ce = ce / n_scribbled
+            loss = F.cross_entropy(logits, batch.target, ignore_index=IGNORE, reduction="sum")
+            loss = loss / n_scribbled
         else:
             per_pixel = F.cross_entropy(logits, batch.target, ignore_index=IGNORE, reduction="none")
-            ce = (per_pixel * batch.weight.to(per_pixel.dtype)).sum()
-        ce.backward()
-        total += float(ce.detach())
+            loss = (per_pixel * batch.weight.to(per_pixel.dtype)).sum()
+        if batch.keep is not None and batch.keep_share is not None:
+            log_p = logits.float().log_softmax(1)
+            kl = (batch.keep.exp() * (batch.keep - log_p)).sum(1)
+            loss = loss + (kl * batch.keep_share).sum()
+        loss.backward()
+        total += float(loss.detach())
         with torch.no_grad():
-            scribbled = batch.target != IGNORE
             wrong += int(((logits.argmax(1) != batch.target) & scribbled).sum())
     return total, wrong
 
