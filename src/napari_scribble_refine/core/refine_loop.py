@@ -1,4 +1,4 @@
-"""The pieces of Algorithm 1: what the head trains on, the loss, and one optimiser step.
+"""The pieces of Algorithm 1: what the head trains on and the loss (steps: :mod:`.optimiser`).
 
 Three ways to present scribbled pixels to the head, chosen by the adapter's geometry:
 
@@ -26,18 +26,29 @@ fastest by shifting the head's bias, which flips the whole image to that class.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from .config import RefineConfig
 from .history import Anchor
 from .models.base import Features, SegmentationModel
+from .optimiser import MomentumSGD, proximity
 from .tiling import crop_features, tile_ranges
+
+__all__ = [
+    "IGNORE",
+    "Batch",
+    "MomentumSGD",
+    "build_batches",
+    "keep_batch",
+    "loss_and_gradients",
+    "pixel_weights",
+    "proximity",
+    "scribble_targets",
+]
 
 IGNORE = -1
 """Target value of unscribbled pixels (the loss's ``ignore_index``)."""
@@ -346,35 +357,6 @@ def keep_batch(
     return Batch(gathered, target, None, start, share)
 
 
-def proximity(params: Iterable[tuple[str, nn.Parameter]], anchor: Anchor) -> torch.Tensor:
-    """``||W - W_lambda||_2`` over the head's parameters, smooth at W_lambda = W.
-
-    ``sqrt(sum of squares + eps)`` keeps the gradient finite (zero) where the norm is zero,
-    which is exactly the first step of every refinement from the pre-trained weights.
-
-    Parameters
-    ----------
-    params : iterable of (str, torch.nn.Parameter)
-        The head's named parameters (W_lambda).
-    anchor : Anchor
-        The pre-trained values W, by name.
-
-    Returns
-    -------
-    torch.Tensor
-        Scalar.
-    """
-    total: torch.Tensor | None = None
-    for name, p in params:
-        ref = anchor[name].to(p.device)
-        term = (p - ref).pow(2).sum()
-        total = term if total is None else total + term
-    if total is None:
-        return torch.zeros(())
-    eps = torch.finfo(total.dtype).tiny * 1e6
-    return torch.sqrt(total + eps)
-
-
 def loss_and_gradients(
     model: SegmentationModel, batches: list[Batch], n_scribbled: int
 ) -> tuple[float, int]:
@@ -420,48 +402,3 @@ def loss_and_gradients(
         with torch.no_grad():
             wrong += int(((logits.argmax(1) != batch.target) & scribbled).sum())
     return total, wrong
-
-
-class MomentumSGD:
-    """Plain SGD with momentum, identical to ``torch.optim.SGD(params, lr, momentum)``.
-
-    Written out because constructing a ``torch.optim`` optimiser imports ``torch._dynamo``
-    on first use, which costs seconds: more than a whole refinement.
-
-    Parameters
-    ----------
-    params : list of torch.nn.Parameter
-        Parameters to update (their ``.grad`` is read).
-    lr : float
-        Step size eta.
-    momentum : float
-        Momentum factor (0 = plain SGD).
-    """
-
-    def __init__(self, params: list[nn.Parameter], lr: float, momentum: float) -> None:
-        self.params = list(params)
-        self.lr = float(lr)
-        self.momentum = float(momentum)
-        self._buffers: list[torch.Tensor | None] = [None] * len(self.params)
-
-    def zero_grad(self) -> None:
-        """Drop the parameters' gradients."""
-        for p in self.params:
-            p.grad = None
-
-    @torch.no_grad()
-    def step(self) -> None:
-        """Update every parameter that has a gradient."""
-        for i, p in enumerate(self.params):
-            if p.grad is None:
-                continue
-            d_p = p.grad
-            if self.momentum:
-                buf = self._buffers[i]
-                if buf is None:
-                    buf = d_p.detach().clone()
-                    self._buffers[i] = buf
-                else:
-                    buf.mul_(self.momentum).add_(d_p)
-                d_p = buf
-            p.add_(d_p, alpha=-self.lr)
