@@ -24,6 +24,7 @@ from napari_scribble_refine.core.metrics import (
     per_class_dice,
     scribble_agreement,
 )
+from napari_scribble_refine.core.postprocess import class_map_to_instances
 from napari_scribble_refine.core.session import RefineSession
 
 PAPER_DICE = [0.54, 0.62, 0.76, 0.81, 0.86]
@@ -120,25 +121,7 @@ def _all_weights_factory(model, sample, space, model_probs, args) -> Factory:
 
 def class_map_instances(class_map: np.ndarray) -> np.ndarray:
     """Split a class map into instances, the same way for every method."""
-    try:
-        from napari_scribble_refine.core.postprocess import class_map_to_instances
-    except ImportError:  # pragma: no cover - until postprocess lands
-        return _distance_watershed(class_map)
     return np.asarray(class_map_to_instances(class_map))
-
-
-def _distance_watershed(class_map: np.ndarray) -> np.ndarray:
-    from scipy import ndimage as ndi
-    from skimage.feature import peak_local_max
-    from skimage.segmentation import watershed
-
-    fg = class_map > 0
-    dist = ndi.distance_transform_edt(fg)
-    comps, _ = ndi.label(fg)
-    peaks = peak_local_max(dist, min_distance=4, labels=comps, exclude_border=False)
-    markers = np.zeros(fg.shape, np.int32)
-    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
-    return watershed(-dist, markers, mask=fg)
 
 
 def instance_scores(class_map: np.ndarray, gt_inst: np.ndarray) -> dict:
