@@ -12,7 +12,6 @@ from baselines import BASELINES
 from bench_data import ClassSpace, Sample, class_space
 from ours import OursVariant, WholeNetworkModel, softmax_probabilities
 from problem import Problem
-from robot import RobotUser
 
 from napari_scribble_refine.core.config import RefineConfig
 from napari_scribble_refine.core.metrics import (
@@ -25,6 +24,7 @@ from napari_scribble_refine.core.metrics import (
     scribble_agreement,
 )
 from napari_scribble_refine.core.postprocess import class_map_to_instances
+from napari_scribble_refine.core.robot import RobotUser
 from napari_scribble_refine.core.session import RefineSession
 
 PAPER_DICE = [0.54, 0.62, 0.76, 0.81, 0.86]

@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from robot import RobotUser
 
 from napari_scribble_refine.core.config import RefineConfig
+from napari_scribble_refine.core.robot import RobotUser
 from napari_scribble_refine.core.session import RefineSession
 from napari_scribble_refine.core.synthetic import synthetic_fluorescence
 

@@ -51,7 +51,8 @@ from evaluate import (  # noqa: E402
     make_methods,
     warm_up,
 )
-from robot import RobotUser, sample_seed  # noqa: E402
+
+from napari_scribble_refine.core.robot import RobotUser, sample_seed  # noqa: E402
 
 SHARED_SESSION = ("ours", "ours-no-grow")
 """Variants whose session is built with the initial prediction (its time is their setup)."""

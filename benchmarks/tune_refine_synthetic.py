@@ -31,10 +31,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from robot import RobotUser  # noqa: E402
-
 from napari_scribble_refine.core import RefineConfig, RefineSession, load_model  # noqa: E402
 from napari_scribble_refine.core.metrics import dice, per_class_dice  # noqa: E402
+from napari_scribble_refine.core.robot import RobotUser
 from napari_scribble_refine.core.synthetic import (  # noqa: E402
     synthetic_fluorescence,
     synthetic_he,

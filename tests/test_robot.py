@@ -1,13 +1,8 @@
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 from skimage.draw import disk, ellipse
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-from robot import RobotUser, sample_seed  # noqa: E402
+from napari_scribble_refine.core.robot import RobotUser, sample_seed
 
 
 def _scene(seed=0):

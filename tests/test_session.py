@@ -606,3 +606,21 @@ def test_colour_image_with_greyscale_model_is_rejected(model2, config):
     with pytest.raises(ValueError, match="greyscale") as info:
         RefineSession(model2, rgb, config, rgb=True)
     assert "rgb2gray" in str(info.value)
+
+
+@pytest.mark.parametrize("n_layers", [1, 3])
+def test_config_n_layers_sets_the_head_depth(n_layers):
+    from napari_scribble_refine import load_model
+    from napari_scribble_refine.core.synthetic import synthetic_fluorescence
+
+    model = load_model("hovernet-fluo")
+    image = synthetic_fluorescence((64, 64), seed=910_100).image
+    session = RefineSession(model, image, RefineConfig(n_layers=n_layers))
+
+    def count(m):
+        return sum(p.numel() for p in m.head_module.parameters())
+
+    assert session.model.head_is_pointwise == (n_layers == 1)
+    assert (session.model.head_halo > 0) == (n_layers == 3)
+    assert (count(session.model) > count(model)) == (n_layers == 3)
+    assert model.head_is_pointwise  # the caller's model keeps its own (default) depth

@@ -207,6 +207,7 @@ class ScribbleRefineWidget(Container):
         self._new_boxes.changed.connect(self.new_boxes)
         self._model_choice.changed.connect(self._on_model_chosen)
         self._device.changed.connect(self._on_device_changed)
+        self._settings.n_layers.changed.connect(self._on_head_depth_changed)
         self._predict_button.changed.connect(lambda: self.predict())
         self._refine_button.changed.connect(lambda: self.refine())
         self._cancel_button.changed.connect(self.cancel)
@@ -478,9 +479,15 @@ class ScribbleRefineWidget(Container):
         self.load_model()
 
     def _on_device_changed(self) -> None:
+        self._drop_session("Device changed: the next Predict starts over on it")
+
+    def _on_head_depth_changed(self) -> None:
+        self._drop_session("Layers to tune changed: the next Predict starts over with them")
+
+    def _drop_session(self, reason: str) -> None:
         if self._session is not None:
             self._session = self._session_image = None
-            show_info("Device changed: the next Predict starts over on it (refinements dropped)")
+            show_info(f"{reason} (refinements dropped)")
         self._update_buttons()
 
     def load_model(self, wait: bool = False) -> Any:

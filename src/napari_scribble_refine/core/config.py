@@ -21,8 +21,11 @@ class RefineConfig:
         alpha, the weight of ``||W - W_lambda||_2`` that keeps the tuned head near the
         pre-trained one.
     n_layers : int
-        l, how many of the network's final layers are tuned (the head). Adapters that name
-        their head explicitly may ignore it.
+        l, how many of the network's final layers are tuned (the head). Applied when a
+        session starts, through the adapter's ``set_n_layers`` (the built-in HoVer-Net
+        models take 1-3); adapters without it, such as ``TorchModuleModel``, take their
+        head from their own arguments. A session keeps its depth: start a new session to
+        change it.
     stop_fraction : float
         Refinement stops once this fraction of scribbled pixels is predicted as its class.
     class_balanced : bool

@@ -116,6 +116,9 @@ class RefineSession:
         self.tile_halo = int(tile_halo if tile_halo is not None else default_halo)
 
         self.model = copy.deepcopy(model) if copy_model else model
+        set_head_depth = getattr(self.model, "set_n_layers", None)
+        if set_head_depth is not None:  # before the trunk runs: depth decides what is cached
+            set_head_depth(self.config.n_layers)
         self.model.to(self.device)
         self.model.network.eval()
         for p in self.model.network.parameters():
@@ -430,8 +433,8 @@ class RefineSession:
             Labels of :attr:`spatial_shape`: 0 = no constraint, 1 = background,
             c + 1 = class c. Never modified.
         config : RefineConfig, optional
-            Settings for this refinement only (default: :attr:`config`); its ``device`` is
-            ignored (the session's device was fixed when it started).
+            Settings for this refinement only (default: :attr:`config`); its ``device`` and
+            ``n_layers`` are ignored (both were fixed when the session started).
 
         Yields
         ------
