@@ -8,6 +8,9 @@ import torch.nn.functional as F
 from scipy import ndimage as ndi
 from torch import nn
 
+CLASSES3 = ["background", "nucleus", "other"]
+CLASSES2 = ["background", "nucleus"]
+
 BACKGROUND_LEVEL = 0.1
 BRIGHT_LEVEL = 0.9
 DIM_LEVEL = 0.45
@@ -159,3 +162,10 @@ def scribble_disks(
 def fraction(prediction: np.ndarray, mask: np.ndarray, cls: int) -> float:
     """Fraction of ``mask`` pixels predicted as ``cls``."""
     return float((prediction[mask] == cls).mean())
+
+
+def readonly(array) -> np.ndarray:
+    """A read-only copy of ``array``: code under test must not write into its inputs."""
+    array = np.array(array)
+    array.setflags(write=False)
+    return array

@@ -18,13 +18,10 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _tiny_nets import TinyUNet, disks_scene, train_tiny_unet  # noqa: E402
+from _tiny_nets import CLASSES2, CLASSES3, TinyUNet, disks_scene, train_tiny_unet  # noqa: E402
 
 from napari_scribble_refine.core.config import RefineConfig  # noqa: E402
 from napari_scribble_refine.core.models.module import TorchModuleModel  # noqa: E402
-
-CLASSES3 = ["background", "nucleus", "other"]
-CLASSES2 = ["background", "nucleus"]
 
 
 @pytest.fixture(scope="session")

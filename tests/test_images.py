@@ -1,16 +1,12 @@
 import numpy as np
 import pytest
+from _tiny_nets import readonly
 
 from napari_scribble_refine.core.images import ImageInfo, guess_rgb, validate_image
 
 
-def _readonly(array):
-    array.setflags(write=False)
-    return array
-
-
 def test_greyscale_2d():
-    image = _readonly(np.arange(12 * 10, dtype=np.uint8).reshape(12, 10))
+    image = readonly(np.arange(12 * 10, dtype=np.uint8).reshape(12, 10))
     info = validate_image(image)
     assert info == ImageInfo(is_rgb=False, is_3d=False, spatial_shape=(12, 10), n_channels=1)
 
@@ -96,7 +92,7 @@ def test_empty_axis_rejected():
 
 
 def test_input_untouched_and_lists_accepted():
-    image = _readonly(np.random.default_rng(0).random((40, 40, 3)).astype(np.float32))
+    image = readonly(np.random.default_rng(0).random((40, 40, 3)).astype(np.float32))
     before = image.copy()
     validate_image(image)
     np.testing.assert_array_equal(image, before)

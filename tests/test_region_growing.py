@@ -1,17 +1,12 @@
 import numpy as np
 import pytest
+from _tiny_nets import readonly
 
 from napari_scribble_refine.core.region_growing import (
     grow_scribbles,
     neighbour_offsets,
     robust_intensity_range,
 )
-
-
-def _readonly(array):
-    array = np.array(array)
-    array.setflags(write=False)
-    return array
 
 
 def _seed(shape, *points_and_values):
@@ -85,7 +80,7 @@ def test_never_enters_another_scribble_and_class_zero_does_not_grow():
     scribbles = np.zeros(image.shape, dtype=np.int32)
     scribbles[:, 12] = 3  # a wall of class 2 scribbles
     scribbles[10, 5] = 2
-    grown = grow_scribbles(image, _readonly(scribbles), threshold=0.5, max_distance=20)
+    grown = grow_scribbles(image, readonly(scribbles), threshold=0.5, max_distance=20)
     np.testing.assert_array_equal(grown[:, 12], 3)
     assert (grown[10, :8] == 2).all()  # class 1 grows on its side of the wall ...
     assert not (grown[:, 12:] == 2).any()  # ... and never through it
@@ -161,8 +156,8 @@ def test_same_result_for_any_intensity_units():
 
 
 def test_inputs_untouched_output_is_new_int32():
-    image = _readonly(np.random.default_rng(1).random((16, 16)))
-    seed = _readonly(_seed((16, 16), ((3, 3), 2)).astype(np.uint8))
+    image = readonly(np.random.default_rng(1).random((16, 16)))
+    seed = readonly(_seed((16, 16), ((3, 3), 2)).astype(np.uint8))
     grown = grow_scribbles(image, seed, threshold=0.3, max_distance=3)
     assert grown.dtype == np.int32 and grown.flags.writeable
     assert seed.sum() == 2

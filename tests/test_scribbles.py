@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from _tiny_nets import readonly
 
 from napari_scribble_refine.core.scribbles import (
     boxes_to_scribbles,
@@ -9,20 +10,13 @@ from napari_scribble_refine.core.scribbles import (
     validate_scribbles,
 )
 
-
-def _readonly(array):
-    array = np.array(array)
-    array.setflags(write=False)
-    return array
-
-
 # --- validate_scribbles -------------------------------------------------------------------
 
 
 def test_validate_returns_int32_copy_of_readonly_input():
     scribbles = np.zeros((8, 9), dtype=np.uint8)
     scribbles[1, 1], scribbles[2, 2] = 1, 3
-    scribbles = _readonly(scribbles)
+    scribbles = readonly(scribbles)
     out = validate_scribbles(scribbles, (8, 9), n_classes=3)
     assert out.dtype == np.int32 and out.flags.writeable
     assert not np.shares_memory(out, scribbles)
@@ -53,7 +47,7 @@ def test_validate_names_the_argument():
 
 
 def test_validate_accepts_whole_floats():
-    out = validate_scribbles(_readonly(np.array([[0.0, 1.0], [2.0, 0.0]])), (2, 2), 2)
+    out = validate_scribbles(readonly(np.array([[0.0, 1.0], [2.0, 0.0]])), (2, 2), 2)
     assert out.dtype == np.int32
     np.testing.assert_array_equal(out, [[0, 1], [2, 0]])
 
@@ -111,7 +105,7 @@ def test_scribbled_classes_sorted_class_indices():
 
 
 def test_points_paint_disks_with_their_values():
-    points = _readonly([[10.4, 10.6], [30, 5]])
+    points = readonly([[10.4, 10.6], [30, 5]])
     out = points_to_scribbles(points, [2, 1], (40, 40), radius=2)
     assert out.dtype == np.int32 and out.shape == (40, 40)
     assert out[10, 11] == 2 and out[30, 5] == 1
@@ -224,8 +218,8 @@ def test_box_errors():
 
 
 def test_merge_later_nonzero_wins_and_inputs_untouched():
-    a = _readonly([[1, 2, 0], [0, 0, 0]])
-    b = _readonly(np.array([[0, 3, 3], [0, 0, 0]], dtype=np.uint8))
+    a = readonly([[1, 2, 0], [0, 0, 0]])
+    b = readonly(np.array([[0, 3, 3], [0, 0, 0]], dtype=np.uint8))
     out = merge_scribbles(a, b)
     assert out.dtype == np.int32
     np.testing.assert_array_equal(out, [[1, 3, 3], [0, 0, 0]])

@@ -8,8 +8,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from _tiny_nets import disk_labels, disks_scene, fraction, scribble_disks
-from conftest import CLASSES3
+from _tiny_nets import CLASSES3, disk_labels, disks_scene, fraction, scribble_disks
 
 from napari_scribble_refine.core.config import RefineConfig
 from napari_scribble_refine.core.models.module import TorchModuleModel
