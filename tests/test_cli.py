@@ -1,0 +1,69 @@
+"""The command line: predict, refine (with --apply-to), the demo, and bad input."""
+
+import numpy as np
+import tifffile
+
+from napari_scribble_refine.cli import main
+from napari_scribble_refine.core.synthetic import synthetic_fluorescence
+
+
+def _write_sample(path, seed):
+    sample = synthetic_fluorescence((96, 96), seed=seed)
+    tifffile.imwrite(path, sample.image)
+    return sample
+
+
+def test_predict_writes_classes_and_instances(tmp_path):
+    _write_sample(tmp_path / "img.tif", 920_000)
+    assert main(["predict", str(tmp_path / "img.tif"), "--out", str(tmp_path / "res")]) == 0
+    classes = tifffile.imread(tmp_path / "res_classes.tif")
+    instances = tifffile.imread(tmp_path / "res_instances.tif")
+    assert classes.shape == instances.shape == (96, 96)
+    assert set(np.unique(classes)) <= {0, 1} and classes.any()
+    assert np.array_equal(instances > 0, classes > 0)
+
+
+def test_refine_writes_a_refined_prediction_and_applies_it_to_other_images(tmp_path, capsys):
+    sample = _write_sample(tmp_path / "img.tif", 920_001)
+    _write_sample(tmp_path / "other.tif", 920_002)
+    scribbles = np.zeros((96, 96), np.uint8)
+    scribbles[:6, :] = 1  # background along the top edge
+    scribbles[(sample.instances > 0) & (np.arange(96)[None, :] < 48)] = 2
+    before = tifffile.imread(tmp_path / "img.tif").copy()
+    tifffile.imwrite(tmp_path / "scribbles.tif", scribbles)
+    args = [
+        "refine",
+        str(tmp_path / "img.tif"),
+        str(tmp_path / "scribbles.tif"),
+        "--out",
+        str(tmp_path / "ref"),
+        "--apply-to",
+        str(tmp_path / "other.tif"),
+    ]
+    assert main(args) == 0
+    assert "scribbled pixels" in capsys.readouterr().out
+    assert main(["predict", str(tmp_path / "img.tif"), "--out", str(tmp_path / "pre")]) == 0
+    refined = tifffile.imread(tmp_path / "ref_classes.tif")
+    assert refined.shape == (96, 96)
+    assert not np.array_equal(refined, tifffile.imread(tmp_path / "pre_classes.tif"))
+    assert tifffile.imread(tmp_path / "ref_other_classes.tif").shape == (96, 96)
+    assert np.array_equal(tifffile.imread(tmp_path / "img.tif"), before)
+
+
+def test_demo_runs_and_writes_tiffs(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--interactions", "1", "--size", "128"]) == 0
+    assert '"seconds_per_interaction"' in capsys.readouterr().out
+    for label in ("fluorescence", "he"):
+        for part in ("image", "scribbles", "prediction", "instances", "truth_classes"):
+            assert (out / f"{label}_{part}.tif").is_file()
+
+
+def test_bad_input_is_a_clear_message_and_exit_2(tmp_path, capsys):
+    assert main(["predict", str(tmp_path / "missing.tif"), "--out", str(tmp_path / "x")]) == 2
+    assert "missing.tif" in capsys.readouterr().err
+    _write_sample(tmp_path / "img.tif", 920_003)
+    tifffile.imwrite(tmp_path / "bad.tif", np.zeros((10, 10), np.uint8))
+    args = ["refine", str(tmp_path / "img.tif"), str(tmp_path / "bad.tif"), "--out", "x"]
+    assert main(args) == 2
+    assert "scribbles" in capsys.readouterr().err
