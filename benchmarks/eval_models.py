@@ -81,7 +81,9 @@ def modalities(data: Path) -> dict[str, str]:
         return {row["sample_id"]: row["modality"] for row in csv.DictReader(f)}
 
 
-def evaluate(data: Path, models: list[str], limit: int | None = None) -> dict:
+def evaluate(
+    data: Path, models: list[str], limit: int | None = None, precision: str = "auto"
+) -> dict:
     """Run the models on every sample they apply to and average the metrics.
 
     Parameters
@@ -92,6 +94,8 @@ def evaluate(data: Path, models: list[str], limit: int | None = None) -> dict:
         Registry names to evaluate.
     limit : int, optional
         Use only the first ``limit`` samples of each source.
+    precision : {"auto", "float32", "bfloat16"}
+        Trunk arithmetic of the HoVer-Net adapter (``HoVerNetModel``).
 
     Returns
     -------
@@ -99,7 +103,7 @@ def evaluate(data: Path, models: list[str], limit: int | None = None) -> dict:
         model -> source -> modality -> metrics.
     """
     kinds = modalities(data)
-    loaded = {name: load_model(name) for name in models}
+    loaded = {name: load_model(name, precision=precision) for name in models}
     scores: dict = {}
     for source, folders in list_samples(data, limit).items():
         for folder in folders:
@@ -143,11 +147,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--models", nargs="+", default=["hovernet-fluo", "hovernet-he"])
     p.add_argument("--limit", type=int, default=None, help="samples per source (quick runs)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    result = evaluate(args.data, args.models, args.limit)
+    result = evaluate(args.data, args.models, args.limit, args.precision)
     result["_seconds"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(result, indent=2))
 

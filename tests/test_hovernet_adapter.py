@@ -52,6 +52,7 @@ def randomise_bn(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 def small_model(nr_types=None, in_channels=1, **kwargs) -> HoVerNetModel:
     torch.manual_seed(0)
     net = randomise_bn(HoVerNet(HoVerNetConfig.small(nr_types, in_channels)))
+    kwargs.setdefault("precision", "float32")  # exact comparisons with the plain network
     return HoVerNetModel(net, **kwargs)
 
 
@@ -90,7 +91,7 @@ def test_valid_padded_geometry_matches_manual_padding():
     net = randomise_bn(HoVerNet(HoVerNetConfig(nr_types=3, **TINY_VALID)))
     config = net.config
     assert (config.offset, config.min_size) == (16, 40)
-    model = HoVerNetModel(net, channels_last=False)
+    model = HoVerNetModel(net, channels_last=False, precision="float32")
     assert model.normalisation == {"kind": "uint8"}
     rng = np.random.default_rng(2)
     image = (rng.random((60, 52, 3)) * 255).astype(np.uint8)
@@ -113,7 +114,7 @@ def test_valid_padded_geometry_matches_manual_padding():
 def test_valid_padded_tiles_follow_the_official_grid():
     torch.manual_seed(0)
     net = randomise_bn(HoVerNet(HoVerNetConfig(nr_types=None, **TINY_VALID)))
-    model = HoVerNetModel(net, window=48, channels_last=False)  # step 16
+    model = HoVerNetModel(net, window=48, channels_last=False, precision="float32")  # step 16
     step = net.config.output_size(model.window)
     assert (model.window, step) == (48, 16)
     rng = np.random.default_rng(3)
@@ -232,7 +233,7 @@ def test_grown_untyped_model_saves_and_reloads(tmp_path):
         normalisation={"kind": "percentile"},
     )
     loaded = load_hovernet_safetensors(path)
-    again = HoVerNetModel(loaded)
+    again = HoVerNetModel(loaded, precision="float32")
     assert again.class_names == ["background", "nucleus", "debris"]
     assert again.normalisation["kind"] == "percentile"
     image = np.random.default_rng(7).random((24, 24)).astype(np.float32)

@@ -154,3 +154,23 @@ def test_official_checkpoint_path_is_routed_to_hovernet_loader(tmp_path):
     torch.save({"desc": net.state_dict()}, path)
     model = load_model(path)
     assert model.class_names[0] == "background" and model.in_channels == 3
+
+
+@pytest.mark.parametrize("name", ["hovernet-fluo", "hovernet-he"])
+def test_bfloat16_trunk_agrees_with_float32(name):
+    generate = synthetic_fluorescence if name == "hovernet-fluo" else synthetic_he
+    image = generate((128, 128), seed=11).image
+    maps = {}
+    for precision in ("float32", "bfloat16"):
+        model = load_model(name, precision=precision)
+        with torch.inference_mode():
+            feats = model.features(image)
+            assert all(v.dtype == torch.float32 for v in feats.values())
+            maps[precision] = model.head(feats).argmax(1)[0].numpy()
+    assert np.mean(maps["float32"] == maps["bfloat16"]) > 0.99
+    assert len(np.unique(maps["float32"])) > 1
+
+
+def test_unknown_precision_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"precision must be one of .*got 'float16'"):
+        load_model("hovernet-fluo", precision="float16")

@@ -53,6 +53,15 @@ PANNUKE_TYPES = ("neoplastic", "inflammatory", "connective", "dead", "non-neopla
 """PanNuke type ids 1..5 (reference a.2)."""
 
 _NORMALISATION_KINDS = ("none", "uint8", "percentile", "minmax")
+_PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU runs bfloat16 convolutions natively (AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def default_class_names(network: HoVerNet) -> list[str]:
@@ -170,12 +179,16 @@ class HoVerNetModel(SegmentationModel):
         Windows per forward pass.
     channels_last : bool
         Run the network in channels-last memory format (much faster convolutions on CPUs).
+    precision : {"auto", "float32", "bfloat16"}
+        Arithmetic of the frozen trunk. ``"auto"`` uses bfloat16 autocast on CPUs with native
+        bf16 instructions (2-3x faster; the built-in models were trained under it) and float32
+        elsewhere. The tuned head always runs in float32.
 
     Raises
     ------
     ValueError
-        For class names that do not match the network's channels, an unknown normalisation
-        or ``n_layers`` outside 1-3.
+        For class names that do not match the network's channels, an unknown normalisation,
+        an unknown precision or ``n_layers`` outside 1-3.
     """
 
     def __init__(
@@ -189,7 +202,11 @@ class HoVerNetModel(SegmentationModel):
         window: int | None = None,
         batch_size: int = 4,
         channels_last: bool = True,
+        precision: str = "auto",
     ) -> None:
+        if precision not in _PRECISIONS:
+            raise ValueError(f"precision must be one of {_PRECISIONS}, got {precision!r}")
+        self.precision = precision
         loaded_norm = None
         if isinstance(network, LoadedHoVerNet):
             class_names = class_names if class_names is not None else network.class_names
@@ -314,6 +331,16 @@ class HoVerNetModel(SegmentationModel):
 
     def _branch_features(self, x: torch.Tensor) -> Features:
         """Features of a valid network input, at the network's output resolution."""
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self._bf16(x.device)):
+            out = self._branch_features_raw(x)
+        return {k: v.float() for k, v in out.items()}
+
+    def _bf16(self, device: torch.device) -> bool:
+        if self.precision == "auto":
+            return device.type == "cpu" and cpu_has_native_bf16()
+        return self.precision == "bfloat16"
+
+    def _branch_features_raw(self, x: torch.Tensor) -> Features:
         net = self._net
         if self._channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
