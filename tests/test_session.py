@@ -219,6 +219,43 @@ def test_undo_redo_reset_are_exact(model2, scene, config):
     np.testing.assert_array_equal(session.predict(), p2)
 
 
+def test_scribbles_are_pinned_in_the_prediction_and_follow_history(model2, scene, config):
+    image, kinds = scene
+    one_step = config.replace(max_iterations=1, learning_rate=1e-4, region_growing=False)
+    scribbles = _dim_as_background(kinds, [0, 1, 2, 3])
+    marked, target = scribbles > 0, scribbles - 1
+    raw = RefineSession(model2, image, one_step.replace(pin_scribbles=False))
+    assert raw.run(scribbles).violations > 0  # one tiny step does not fit them
+    assert np.any(raw.prediction[marked] != target[marked])
+
+    session = RefineSession(model2, image, one_step)
+    p0 = session.predict()
+    result = session.run(scribbles)
+    assert result.violations > 0  # the head is the same as without pinning ...
+    np.testing.assert_array_equal(result.prediction[marked], target[marked])  # ... shown pinned
+    np.testing.assert_array_equal(result.prediction[~marked], raw.prediction[~marked])
+    scribbles[:] = 0  # the caller's later edits do not move the pins
+    np.testing.assert_array_equal(session.predict(), result.prediction)
+    assert session.undo()
+    np.testing.assert_array_equal(session.predict(), p0)
+    assert session.redo()
+    np.testing.assert_array_equal(session.predict(), result.prediction)
+    assert session.reset()
+    np.testing.assert_array_equal(session.predict(), p0)
+
+
+def test_grown_scribbles_are_pinned(model2, scene, config):
+    image, kinds = scene
+    one_step = config.replace(max_iterations=1, learning_rate=1e-4, region_growing=True)
+    session = RefineSession(model2, image, one_step)
+    result = session.run(_dim_as_background(kinds, [0, 1]))
+    grown = result.grown_scribbles
+    assert grown is not None and np.count_nonzero(grown) > np.count_nonzero(
+        _dim_as_background(kinds, [0, 1])
+    )
+    np.testing.assert_array_equal(result.prediction[grown > 0], grown[grown > 0] - 1)
+
+
 def test_reset_restores_pretrained_weights_bit_for_bit(model2, scene, config):
     image, kinds = scene
     session = RefineSession(model2, image, config)

@@ -67,6 +67,11 @@ class RefineSettings(Container):
             label="Growing reach (px)", value=d.grow_max_distance, min=0, max=1000,
             tooltip="How far a grown scribble may reach from its stroke.",
         )  # fmt: skip
+        self.pin_scribbles = CheckBox(
+            text="Show scribbles in the result", value=d.pin_scribbles,
+            tooltip="Scribbled (and grown) pixels keep their class in the refined prediction,"
+            " even where the tuned layers predict otherwise.",
+        )  # fmt: skip
         self.point_radius = SpinBox(
             label="Point radius (px)", value=3, min=0, max=100,
             tooltip="Radius of the disk each point constrains.",
@@ -84,6 +89,7 @@ class RefineSettings(Container):
                 self.momentum,
                 self.stop_fraction,
                 self.grow_max_distance,
+                self.pin_scribbles,
                 self.point_radius,
                 self.box_ring,
                 self.seed,
@@ -116,6 +122,7 @@ class RefineSettings(Container):
         "momentum",
         "stop_fraction",
         "grow_max_distance",
+        "pin_scribbles",
         "point_radius",
         "box_ring",
         "seed",
@@ -135,7 +142,8 @@ class RefineSettings(Container):
         **settings
             Any of ``iterations``, ``learning_rate``, ``alpha``, ``region_growing``,
             ``grow_threshold``, ``n_layers``, ``momentum``, ``stop_fraction``,
-            ``grow_max_distance``, ``point_radius``, ``box_ring``, ``seed``.
+            ``grow_max_distance``, ``pin_scribbles``, ``point_radius``, ``box_ring``,
+            ``seed``.
 
         Raises
         ------
@@ -171,6 +179,7 @@ class RefineSettings(Container):
             region_growing=self.region_growing.value,
             grow_threshold=self.grow_threshold.value,
             grow_max_distance=self.grow_max_distance.value,
+            pin_scribbles=self.pin_scribbles.value,
             seed=self.seed.value,
             device=device,
         )

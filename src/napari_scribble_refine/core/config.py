@@ -59,6 +59,12 @@ class RefineConfig:
         Each connected stroke may grow by at most this many times its own pixel count
         (0: no cap). Keeps a background stroke on a flat region from turning into
         thousands of pixels that outweigh everything else.
+    pin_scribbles : bool
+        Show every scribbled pixel (after region growing) as its scribbled class in the
+        prediction that refinement leaves, whether or not the tuned head predicts it so.
+        The user's paint is ground truth; the head's weights are unaffected, and undo,
+        redo and reset restore the scribbles pinned with each state. False shows the
+        head's raw output (the paper's prediction).
     preview_every : int
         Yield the full prediction every this many iterations (and always at the end).
     seed : int
@@ -80,6 +86,7 @@ class RefineConfig:
     grow_threshold: float = 0.05
     grow_max_distance: int = 10
     grow_cap: float = 2.0
+    pin_scribbles: bool = True
     preview_every: int = 5
     seed: int = 0
     device: str = "auto"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .models.base import HeadState, SegmentationModel
@@ -17,6 +18,7 @@ class _Entry:
     label: str
     state: HeadState | None  # None: the model's live weights, not yet copied
     anchor: Anchor
+    pins: np.ndarray | None = None  # scribbles shown over this state's prediction
 
 
 class HeadHistory:
@@ -65,6 +67,11 @@ class HeadHistory:
         return self._entries[self._pos].anchor
 
     @property
+    def pins(self) -> np.ndarray | None:
+        """Scribbles (0 none, c + 1 class c) pinned over the current state's prediction."""
+        return self._entries[self._pos].pins
+
+    @property
     def is_pretrained(self) -> bool:
         """True when the current state is entry 0 or a reset to it, unchanged since."""
         entry = self._entries[self._pos]
@@ -77,17 +84,19 @@ class HeadHistory:
         if entry.state is None:
             entry.state = self._model.head_state()
 
-    def push_live(self, label: str) -> None:
+    def push_live(self, label: str, pins: np.ndarray | None = None) -> None:
         """Start a new entry for weights about to change in place (a refinement).
 
         Parameters
         ----------
         label : str
             What makes the change.
+        pins : numpy.ndarray, optional
+            Scribbles to show over the new state's prediction (read-only; kept as given).
         """
         self.freeze()
         self._truncate()
-        self._entries.append(_Entry(label, None, self.anchor))
+        self._entries.append(_Entry(label, None, self.anchor, pins))
         self._pos += 1
 
     def push(self, label: str, anchor: Anchor | None = None) -> None:
@@ -99,11 +108,17 @@ class HeadHistory:
             What made the change.
         anchor : Anchor, optional
             A new proximity reference (after a class was added); default: unchanged.
+            The current pinned scribbles carry over.
         """
         self.freeze()
         self._truncate()
         self._entries.append(
-            _Entry(label, self._model.head_state(), self.anchor if anchor is None else anchor)
+            _Entry(
+                label,
+                self._model.head_state(),
+                self.anchor if anchor is None else anchor,
+                self.pins,
+            )
         )
         self._pos += 1
 

@@ -223,7 +223,7 @@ class RefineSession:
         return out
 
     def _compute_class_map(self) -> np.ndarray:
-        """Argmax per piece, so only the int32 class map is ever whole-image sized."""
+        """Argmax per piece (only the int32 class map is ever whole-image sized), then pins."""
         height, width = self.spatial_shape[-2:]
         n = self.spatial_shape[0] if self.image_info.is_3d else 1
         class_map = np.empty((n, height, width), dtype=np.int32)
@@ -231,7 +231,12 @@ class RefineSession:
             for y0, x0, piece in self._head_pieces(index):
                 h, w = piece.shape[-2:]
                 class_map[index, y0 : y0 + h, x0 : x0 + w] = class_map_of(piece.float().cpu())
-        return class_map if self.image_info.is_3d else class_map[0]
+        class_map = class_map if self.image_info.is_3d else class_map[0]
+        pins = self._history.pins
+        if pins is not None:
+            pinned = pins > 0
+            class_map[pinned] = pins[pinned] - 1
+        return class_map
 
     def predict(self) -> np.ndarray:
         """Compute (or reuse) the class map of the whole image with the current head.
@@ -496,7 +501,11 @@ class RefineSession:
             seed=cfg.seed,
             anchor=self._history.anchor,
         )
-        return self._loop(cfg, batches, n_scribbled, token, grown)
+        pins = None
+        if cfg.pin_scribbles:
+            pins = used.astype(np.int32)  # a copy: later edits of the layer change nothing
+            pins.setflags(write=False)
+        return self._loop(cfg, batches, n_scribbled, token, grown, pins)
 
     def _no_op(self) -> Generator[RefineStep, None, RefineResult]:
         prediction = self.predict()
@@ -518,6 +527,7 @@ class RefineSession:
         n_scribbled: int,
         token: int,
         grown: np.ndarray | None,
+        pins: np.ndarray | None,
     ) -> Generator[RefineStep, None, RefineResult]:
         start = time.perf_counter()
         self.model.network.eval()
@@ -553,7 +563,7 @@ class RefineSession:
                     if cfg.proximity_weight > 0:
                         (cfg.proximity_weight * prox).backward()
                     if steps == 0:
-                        self._history.push_live("refine")
+                        self._history.push_live("refine", pins)
                     optimiser.step()
                 for p in params:
                     p.requires_grad_(False)
