@@ -203,6 +203,8 @@ def evaluate_method(
         rec["class_dice"].append(c)
         rec["scribbled"].append(int(np.count_nonzero(scribbles)))
         rec["agreement"].append(scribble_agreement(pred, scribbles))
+        if hasattr(method, "head_agreement"):  # ours: the tuned head's own fit, before pinning
+            rec.setdefault("head_agreement", [float("nan")]).append(method.head_agreement)
         if k == interactions:
             scores = instance_scores(pred, gt_inst)
             rec["ajiK"], rec["pqK"] = scores["aji0"], scores["pq0"]
@@ -302,6 +304,8 @@ def summarise(recs: list[dict], interactions: int, cap: int) -> dict:
     out["class_dice_curve"] = _curve(recs, "class_dice", interactions + 1)
     out["scribbled_curve"] = _curve(recs, "scribbled", interactions + 1)
     out["agreement_curve"] = _curve(recs, "agreement", interactions + 1)
+    if all("head_agreement" in r for r in recs):
+        out["head_agreement_curve"] = _curve(recs, "head_agreement", interactions + 1)
     for key in ("aji0", "ajiK", "pq0", "pqK", "ajiK_own"):
         out[key] = _mean([r.get(key) for r in recs])
     out["sec_curve"] = [

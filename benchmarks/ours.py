@@ -61,6 +61,18 @@ class OursVariant:
         self.last_result = self.session.run(model_scribbles)
         return self.space.lut[self.last_result.prediction].astype(np.uint8)
 
+    @property
+    def head_agreement(self) -> float:
+        """Fraction of the last refinement's scribbled pixels the tuned head predicts right.
+
+        The prediction shows scribbled pixels pinned (``RefineConfig.pin_scribbles``); this
+        is the head's own fit, before pinning (NaN before the first refinement).
+        """
+        r = self.last_result
+        if r is None or r.n_scribbled == 0:
+            return float("nan")
+        return 1.0 - r.violations / r.n_scribbled
+
     def instances(self) -> np.ndarray:
         """Instances by the model's own post-processing (HoVer-Net: HV watershed)."""
         return self.session.instances()[0]

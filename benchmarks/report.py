@@ -109,10 +109,15 @@ def _method_table(results: dict, source: str) -> list[str]:
             f"{_f(m['dice@5'])} | {_f(at(c, k_max))} | {_f(at(m['iou_curve'], 5))} | "
             f"{_f(at(m['class_dice_curve'], 5))} | {_f(m['aji0'])} → {_f(m['ajiK'])}"
             f"{_own(m)} | "
-            f"{_f(at(m['agreement_curve'], 5))} | {_f(at(m['scribbled_curve'], 5), 0)} | "
+            f"{_f(at(m['agreement_curve'], 5))}{_head(m)} | {_f(at(m['scribbled_curve'], 5), 0)} | "
             f"{_f(m['sec_median'], 2)} | {_f(m['sec_p90'], 2)} | {_f(m['setup_sec_mean'], 2)} |"
         )
     return lines
+
+
+def _head(m: dict) -> str:
+    curve = m.get("head_agreement_curve") or []
+    return "" if len(curve) <= 5 or curve[5] is None else f" (head {curve[5]:.3f})"
 
 
 def _own(m: dict) -> str:
@@ -234,8 +239,11 @@ def write_report(results: dict, path: Path, plots: list[Path]) -> None:
         "",
         f"- Machine: {meta['cpu']}, {meta['logical_cpus']} logical CPUs; {meta['platform']}; "
         f"Python {meta['python']}, torch {meta['torch']}.",
-        f"- Threads: {meta['threads']} (torch {meta['torch_threads']}, BLAS/OpenMP "
-        f"{meta['threads']}). Load average at start {meta['load_average_start']}, at end "
+        f"- Threads: {meta['threads']}. Accuracy runs: {meta.get('jobs', 1)} worker "
+        f"process(es) sharing the samples, {meta.get('torch_threads_per_job', meta['threads'])} "
+        "torch/BLAS thread(s) each, so their seconds per call are single-worker figures; the "
+        f"performance section uses all {meta['threads']} threads in one process. "
+        f"Load average at start {meta['load_average_start']}, at end "
         f"{meta['load_average_end']} (other work on the machine inflates the seconds).",
         f"- Wall time: {meta['wall_seconds']:.0f} s for the accuracy runs, "
         f"{meta.get('wall_seconds_total', meta['wall_seconds']):.0f} s in all.",

@@ -14,24 +14,27 @@ import os
 import sys
 
 
-def _early_threads(argv: list[str]) -> int:
-    """Read ``--threads`` before numpy and torch start their thread pools."""
+def _early_option(argv: list[str], name: str, default: int) -> int:
+    """Read an integer option before numpy and torch start their thread pools."""
     for i, arg in enumerate(argv):
-        if arg == "--threads" and i + 1 < len(argv):
+        if arg == name and i + 1 < len(argv):
             return int(argv[i + 1])
-        if arg.startswith("--threads="):
+        if arg.startswith(f"{name}="):
             return int(arg.split("=", 1)[1])
-    return 2
+    return default
 
 
-_THREADS = _early_threads(sys.argv)
+_THREADS = _early_option(sys.argv, "--threads", 2)
+_JOBS = _early_option(sys.argv, "--jobs", min(2, os.cpu_count() or 1))
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[_var] = str(_THREADS)
+    os.environ[_var] = str(max(1, _THREADS // max(1, _JOBS)))
 
 import argparse  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
+from concurrent.futures import ProcessPoolExecutor  # noqa: E402
+from multiprocessing import get_context  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -84,72 +87,116 @@ def _load_models(
     return _Models(grey, rgb, normalisation)
 
 
-def run(args: argparse.Namespace, models: dict) -> dict:
-    """Run every method on every sample; return the results dictionary."""
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    started = time.time()
-    load_start = os.getloadavg()
+def _plan(args: argparse.Namespace) -> list[tuple[str, Path, bool]]:
+    """(source, folder, run the all-weights variant?) for every sample, in report order."""
     sources = list_samples(args.data, args.limit)
     if args.sources:
         wanted = {s.strip() for s in args.sources.split(",")}
         sources = {k: v for k, v in sources.items() if k in wanted}
-    images: list[dict] = []
-    warmed = False
+    plan = []
     for source, folders in sources.items():
         all_weights_runs = 0
         for folder in folders:
-            sample = load_sample(folder)
-            model = models["rgb" if sample.rgb else "grey"]
-            t0 = time.perf_counter()
-            all_weights = all_weights_eligible(sample) and all_weights_runs < args.all_weights_limit
+            eligible = all_weights_eligible(load_sample(folder))
+            all_weights = eligible and all_weights_runs < args.all_weights_limit
             all_weights_runs += all_weights
-            methods, problem, space = make_methods(sample, model, args, all_weights)
-            setup_ours = time.perf_counter() - t0
-            if not warmed:
-                warm_up(methods, problem, ground_truth(sample, space))
-                warmed = True
-            gt_cls = ground_truth(sample, space)
-            seed = sample_seed(sample.name, args.seed)
-            record = {
-                "sample": sample.name,
-                "source": source,
-                "shape": list(sample.image.shape),
-                "classes": space.names,
-                "model": model.name,
-                "setup_sec_ours": setup_ours,
-                "methods": {},
-                "fixed": {},
-            }
-            initial_scores = instance_scores(problem.initial, sample.labels)
-            for name, factory in methods.items():
-                robot = RobotUser(gt_cls, space.n_classes, seed=seed)
-                record["methods"][name] = evaluate_method(
-                    factory,
-                    problem,
-                    robot,
-                    sample.labels,
-                    gt_cls,
-                    args.interactions,
-                    args.cap,
-                    initial_scores,
-                )
-                if name in SHARED_SESSION:  # their session (the trunk pass) was built above
-                    record["methods"][name]["setup_sec"] += setup_ours
-                print(_progress(sample.name, name, record["methods"][name]), flush=True)
-            if not args.no_fixed:
-                robot = RobotUser(gt_cls, space.n_classes, seed=seed)
-                record["fixed"] = evaluate_fixed(methods, problem, robot, gt_cls, FIXED_KS)
-            images.append(record)
+            plan.append((source, folder, all_weights))
+    return plan
+
+
+_WORKER: dict = {}
+"""Per-process state of a benchmark worker: its models and whether it has warmed up."""
+
+
+def _init_worker(args: argparse.Namespace) -> None:
+    torch.set_num_threads(max(1, args.threads // args.jobs))
+    torch.manual_seed(args.seed)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    _WORKER["models"] = _load_models(args.grey_model, args.rgb_model, args.model_normalisation)
+    _WORKER["warm"] = False
+
+
+def evaluate_sample(args: argparse.Namespace, source: str, folder: Path, all_weights: bool) -> dict:
+    """Run every method with the robot on one sample (in a worker); return its record."""
+    sample = load_sample(folder)
+    model = _WORKER["models"]["rgb" if sample.rgb else "grey"]
+    t0 = time.perf_counter()
+    methods, problem, space = make_methods(sample, model, args, all_weights)
+    setup_ours = time.perf_counter() - t0
+    gt_cls = ground_truth(sample, space)
+    if not _WORKER["warm"]:
+        warm_up(methods, problem, gt_cls)
+        _WORKER["warm"] = True
+    seed = sample_seed(sample.name, args.seed)
+    record = {
+        "sample": sample.name,
+        "source": source,
+        "shape": list(sample.image.shape),
+        "classes": space.names,
+        "model": model.name,
+        "setup_sec_ours": setup_ours,
+        "methods": {},
+        "fixed": {},
+    }
+    initial_scores = instance_scores(problem.initial, sample.labels)
+    for name, factory in methods.items():
+        robot = RobotUser(gt_cls, space.n_classes, seed=seed)
+        record["methods"][name] = evaluate_method(
+            factory,
+            problem,
+            robot,
+            sample.labels,
+            gt_cls,
+            args.interactions,
+            args.cap,
+            initial_scores,
+        )
+        if name in SHARED_SESSION:  # their session (the trunk pass) was built above
+            record["methods"][name]["setup_sec"] += setup_ours
+        print(_progress(sample.name, name, record["methods"][name]), flush=True)
+    if not args.no_fixed:
+        robot = RobotUser(gt_cls, space.n_classes, seed=seed)
+        record["fixed"] = evaluate_fixed(methods, problem, robot, gt_cls, FIXED_KS)
+    return record
+
+
+def _cost(folder: Path) -> int:
+    """Pixels of a sample's image (the biggest start first, for an even load)."""
+    from tifffile import TiffFile
+
+    with TiffFile(folder / "image.tif") as tif:
+        return int(np.prod(tif.pages[0].shape[:2]))
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Run every method on every sample; return the results dictionary.
+
+    Samples are shared among ``args.jobs`` worker processes of ``threads // jobs`` torch
+    threads each. Every figure but the seconds is independent of the split: each sample's
+    robot and methods are seeded from the sample's name.
+    """
+    started = time.time()
+    load_start = os.getloadavg()
+    plan = _plan(args)
+    if args.jobs == 1:
+        _init_worker(args)
+        images = [evaluate_sample(args, *task) for task in plan]
+    else:
+        order = sorted(range(len(plan)), key=lambda i: -_cost(plan[i][1]))
+        context = get_context("spawn")
+        with ProcessPoolExecutor(
+            args.jobs, mp_context=context, initializer=_init_worker, initargs=(args,)
+        ) as pool:
+            futures = {i: pool.submit(evaluate_sample, args, *plan[i]) for i in order}
+            images = [futures[i].result() for i in range(len(plan))]
     elapsed = time.time() - started
     meta = machine_meta(args, load_start, elapsed)
-    results = {
+    return {
         "meta": meta,
         "paper": {"source": "Sambaturu et al., MICCAI 2021, nucleus data", "dice": PAPER_DICE},
         **aggregate(images, args.interactions, args.cap),
         "images": images,
     }
-    return results
 
 
 def _progress(name: str, method: str, rec: dict) -> str:
@@ -186,7 +233,8 @@ def machine_meta(args: argparse.Namespace, load_start: tuple, elapsed: float) ->
         "models": {"grey": args.grey_model, "rgb": args.rgb_model},
         "model_normalisation": args.model_normalisation,
         "threads": args.threads,
-        "torch_threads": torch.get_num_threads(),
+        "jobs": args.jobs,
+        "torch_threads_per_job": max(1, args.threads // args.jobs),
         "cpu": cpu,
         "logical_cpus": os.cpu_count(),
         "platform": platform.platform(),
@@ -205,7 +253,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=None, help="first N samples of each source")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     p.add_argument("--docs", type=Path, default=REPO / "docs", help="report and plots folder")
-    p.add_argument("--threads", type=int, default=_THREADS)
+    p.add_argument("--threads", type=int, default=_THREADS, help="CPU threads in all")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=_JOBS,
+        help="worker processes for the accuracy runs (threads // jobs torch threads each)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--interactions", type=int, default=10, help="K")
     p.add_argument("--cap", type=int, default=20, help="NoC cap")
@@ -249,8 +303,10 @@ def main(argv: list[str] | None = None) -> None:
         return
     t_start = time.time()
     warnings.filterwarnings("ignore", category=UserWarning)
+    args.jobs = max(1, min(args.jobs, args.threads))
+    results = run(args)
+    torch.set_num_threads(args.threads)
     models = _load_models(args.grey_model, args.rgb_model, args.model_normalisation)
-    results = run(args, models)
     sizes = [int(s) for s in args.perf_sizes.split(",") if s.strip()]
     results["performance"] = {
         "size_scaling": size_scaling(sizes, args.threads, models["grey"], args.seed)
