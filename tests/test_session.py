@@ -244,6 +244,26 @@ def test_scribbles_are_pinned_in_the_prediction_and_follow_history(model2, scene
     np.testing.assert_array_equal(session.predict(), p0)
 
 
+def test_erased_scribbles_are_unpinned_even_without_a_step(model2, scene, config):
+    image, kinds = scene
+    one_step = config.replace(max_iterations=1, learning_rate=1e-4)
+    session = RefineSession(model2, image, one_step)
+    wrong = np.zeros(kinds.shape, dtype=np.int32)
+    scribble_disks(wrong, kinds, 1, [0], value=1)  # "this bright nucleus is background"
+    right = np.zeros(kinds.shape, dtype=np.int32)
+    scribble_disks(right, kinds, 1, [1], value=2)  # a nucleus the head already gets right
+    first = session.run(wrong + right)
+    assert first.iterations == 1
+    assert np.all(session.prediction[wrong > 0] == 0)  # pinned, though the head disagrees
+    second = session.run(right)  # the user erased the wrong stroke
+    assert second.iterations == 0 and second.violations == 0
+    raw = session.model.head(session.features).argmax(1)[0].numpy()
+    np.testing.assert_array_equal(session.prediction[wrong > 0], raw[wrong > 0])
+    assert np.any(session.prediction[wrong > 0] == 1)
+    assert session.undo()  # back to the first refinement, with its pins
+    np.testing.assert_array_equal(session.predict(), first.prediction)
+
+
 def test_grown_scribbles_are_pinned(model2, scene, config):
     image, kinds = scene
     one_step = config.replace(max_iterations=1, learning_rate=1e-4, region_growing=True)

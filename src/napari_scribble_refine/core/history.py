@@ -99,7 +99,9 @@ class HeadHistory:
         self._entries.append(_Entry(label, None, self.anchor, pins))
         self._pos += 1
 
-    def push(self, label: str, anchor: Anchor | None = None) -> None:
+    def push(
+        self, label: str, anchor: Anchor | None = None, pins: np.ndarray | bool = True
+    ) -> None:
         """Record the model's current head as a new entry (copied now).
 
         Parameters
@@ -108,7 +110,9 @@ class HeadHistory:
             What made the change.
         anchor : Anchor, optional
             A new proximity reference (after a class was added); default: unchanged.
-            The current pinned scribbles carry over.
+        pins : numpy.ndarray, None or True
+            Scribbles to show over the new state's prediction; True (default) carries the
+            current ones over.
         """
         self.freeze()
         self._truncate()
@@ -117,7 +121,7 @@ class HeadHistory:
                 label,
                 self._model.head_state(),
                 self.anchor if anchor is None else anchor,
-                self.pins,
+                self.pins if pins is True else pins,
             )
         )
         self._pos += 1

@@ -507,6 +507,13 @@ class RefineSession:
             pins.setflags(write=False)
         return self._loop(cfg, batches, n_scribbled, token, grown, pins)
 
+    def _stale_pins(self, pins: np.ndarray | None, violations: int) -> bool:
+        """Whether a refinement that took no step must still change the pinned scribbles."""
+        current = self._history.pins
+        if current is None:  # the head already predicts every pin right, unless some failed
+            return pins is not None and violations > 0
+        return pins is None or not np.array_equal(pins, current)
+
     def _no_op(self) -> Generator[RefineStep, None, RefineResult]:
         prediction = self.predict()
         yield RefineStep(0, 0.0, 0, 0, prediction, True)
@@ -585,6 +592,10 @@ class RefineSession:
                 p.grad = None
         if stop_reason != "superseded":
             self._history.freeze()
+            if steps == 0 and self._stale_pins(pins, violations):
+                # no step, so no new state, but the scribbles shown must be this run's
+                self._history.push("refine", pins=pins)
+                self._version += 1
         prediction = self.predict()
         elapsed = time.perf_counter() - start
         yield RefineStep(steps, loss, violations, n_scribbled, prediction, True, elapsed)
