@@ -28,6 +28,7 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_refine.py
+	$(PY) benchmarks/bench_forward.py
 
 # Robot-user accuracy benchmark against rival methods (docs/benchmarks.md); target: 30 min on 2 cores.
 benchmark: $(VENV)/.installed

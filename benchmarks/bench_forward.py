@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from napari_scribble_refine.core.metrics import aggregated_jaccard_index, dice
-from napari_scribble_refine.core.models.hovernet_adapter import cpu_has_native_bf16
+from napari_scribble_refine.core.models.hovernet_adapter import HoVerNetModel, cpu_has_native_bf16
 from napari_scribble_refine.core.models.registry import load_model
 from napari_scribble_refine.core.synthetic import synthetic_fluorescence, synthetic_he
 
@@ -35,7 +35,7 @@ EVAL_SEEDS = range(10_000_000, 10_000_016)
 PRECISIONS = ("float32", "bfloat16")
 
 
-def _time_features(model, image: np.ndarray, repeats: int) -> float:
+def _time_features(model: HoVerNetModel, image: np.ndarray, repeats: int) -> float:
     with torch.inference_mode():
         model.features(image)
         times = []
@@ -46,7 +46,7 @@ def _time_features(model, image: np.ndarray, repeats: int) -> float:
     return statistics.median(times)
 
 
-def _predict(model, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _predict(model: HoVerNetModel, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     with torch.inference_mode():
         feats = model.features(image)
         logits = model.head(feats)
@@ -68,7 +68,7 @@ def bench_model(name: str, repeats: int) -> dict:
         for p, (_, inst) in out.items():
             scores[p]["dice"].append(dice(inst > 0, sample.instances > 0))
             scores[p]["aji"].append(aggregated_jaccard_index(inst, sample.instances))
-    default = "bfloat16" if cpu_has_native_bf16() else "float32"
+    default = "bfloat16" if load_model(name).trunk_uses_bf16(torch.device("cpu")) else "float32"
     return {
         "seconds_512": seconds,
         "speedup_bf16": round(seconds["float32"] / seconds["bfloat16"], 2),

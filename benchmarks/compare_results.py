@@ -51,6 +51,9 @@ def compare(a: dict, b: dict, tolerance: float = 0.0) -> dict:
         if isinstance(va, int | float) and isinstance(vb, int | float):
             if math.isnan(va) and math.isnan(vb):
                 continue
+            if math.isnan(va) or math.isnan(vb):
+                differences.append((key, va, vb))
+                continue
             gap = abs(float(va) - float(vb))
             largest = max(largest, gap)
             if gap > tolerance:

@@ -26,8 +26,10 @@ def _early_option(argv: list[str], name: str, default: int) -> int:
 
 _THREADS = _early_option(sys.argv, "--threads", 2)
 _JOBS = _early_option(sys.argv, "--jobs", min(2, os.cpu_count() or 1))
+_WORKER_THREADS = "SCRIBBLE_REFINE_BENCH_WORKER_THREADS"
+"""Set for the worker processes, which run this module's top level again when spawned."""
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[_var] = str(max(1, _THREADS // max(1, _JOBS)))
+    os.environ[_var] = os.environ.get(_WORKER_THREADS, str(_THREADS))
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -135,6 +137,7 @@ def evaluate_sample(args: argparse.Namespace, source: str, folder: Path, all_wei
         "classes": space.names,
         "model": model.name,
         "setup_sec_ours": setup_ours,
+        "threads": {"torch": torch.get_num_threads(), "omp": os.environ.get("OMP_NUM_THREADS")},
         "methods": {},
         "fixed": {},
     }
@@ -172,8 +175,10 @@ def run(args: argparse.Namespace) -> dict:
     """Run every method on every sample; return the results dictionary.
 
     Samples are shared among ``args.jobs`` worker processes of ``threads // jobs`` torch
-    threads each. Every figure but the seconds is independent of the split: each sample's
-    robot and methods are seeded from the sample's name.
+    and BLAS threads each. Which worker takes which sample changes no figure but the
+    seconds: each sample's robot and methods are seeded from the sample's name. (The thread
+    count per worker, the CPU and the torch version can change floating-point sums, and
+    with them the figures.)
     """
     started = time.time()
     load_start = os.getloadavg()
@@ -183,12 +188,17 @@ def run(args: argparse.Namespace) -> dict:
         images = [evaluate_sample(args, *task) for task in plan]
     else:
         order = sorted(range(len(plan)), key=lambda i: -_cost(plan[i][1]))
-        context = get_context("spawn")
-        with ProcessPoolExecutor(
-            args.jobs, mp_context=context, initializer=_init_worker, initargs=(args,)
-        ) as pool:
+        os.environ[_WORKER_THREADS] = str(max(1, args.threads // args.jobs))
+        pool = ProcessPoolExecutor(
+            args.jobs, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(args,)
+        )
+        try:
             futures = {i: pool.submit(evaluate_sample, args, *plan[i]) for i in order}
+            del os.environ[_WORKER_THREADS]  # the workers have started
             images = [futures[i].result() for i in range(len(plan))]
+        finally:
+            os.environ.pop(_WORKER_THREADS, None)
+            pool.shutdown(cancel_futures=True)
     elapsed = time.time() - started
     meta = machine_meta(args, load_start, elapsed)
     return {

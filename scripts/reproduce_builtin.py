@@ -16,7 +16,6 @@ import json
 import sys
 from pathlib import Path
 
-import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -70,13 +69,18 @@ def reproduce(model: str, out: Path) -> dict:
     prev = None
     for i, extra in enumerate(STAGES[model], start=1):
         stage_dir = out / f"stage{i}"
-        stage_dir.mkdir(parents=True, exist_ok=True)
-        argv = ["--model", model, "--out", str(stage_dir), "--scratch", str(stage_dir), *extra]
+        if stage_dir.exists() and any(stage_dir.iterdir()):
+            raise FileExistsError(f"{stage_dir} is not empty: give --out a new folder")
+        stage_dir.mkdir(parents=True)
+        argv = ["--model", model, "--out", str(stage_dir), "--scratch", str(stage_dir)]
+        argv += ["--max-minutes", "1e9", *extra]  # the recipe is steps, not minutes
         if prev is not None:
             argv += ["--init-from", str(prev)]
         train_builtin.main(argv)
-        steps = extra[extra.index("--steps") + 1] if "--steps" in extra else "700"
-        prev = stage_dir / f"{model}-stage{i}-step{steps}.pt"
+        with safe_open(str(stage_dir / f"{model}.safetensors"), "pt") as f:
+            if not json.loads(f.metadata()["training"])["complete"]:
+                raise RuntimeError(f"stage {i} stopped before its planned steps")
+        (prev,) = stage_dir.glob(f"{model}-stage{i}-step*.pt")
     new_path = out / f"stage{len(STAGES[model])}" / f"{model}.safetensors"
     shipped_path = SHIPPED / f"{model}.safetensors"
     new, shipped = _flat(_synthetic_metrics(new_path)), _flat(_synthetic_metrics(shipped_path))
@@ -102,7 +106,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", choices=sorted(STAGES), required=True)
     p.add_argument("--out", type=Path, required=True, help="folder for the new weights")
     args = p.parse_args(argv)
-    torch.manual_seed(0)
     report = reproduce(args.model, args.out)
     print(json.dumps(report, indent=2))
     return 0 if report["within_tolerance"] else 1

@@ -32,3 +32,10 @@ def test_a_changed_accuracy_figure_is_reported(tmp_path):
     assert main([str(a), str(b)]) == 1
     assert main([str(a), str(b), "--tolerance", "0.02"]) == 0
     assert main([str(a), str(a)]) == 0
+
+
+def test_nan_against_a_number_differs():
+    a = {"methods": {"x": 0.5}}
+    b = {"methods": {"x": float("nan")}}
+    assert compare(a, b)["differing"] == 1
+    assert compare(b, b)["differing"] == 0

@@ -450,6 +450,25 @@ def test_stack_scribbles_on_one_slice_fix_another(model2, config):
     assert fraction(after[2], kinds2 == 1, 1) > 0.9
 
 
+def test_pins_on_a_stack_and_across_add_class(model2, config):
+    rng = np.random.default_rng(12)
+    first, kinds0 = disks_scene(rng, size=64, n_bright=3, n_dim=3)
+    last, _ = disks_scene(rng, size=64, n_bright=3, n_dim=3)
+    stack = np.stack([first, last])
+    session = RefineSession(model2, stack, config.replace(max_iterations=1, learning_rate=1e-4))
+    scribbles = np.zeros(stack.shape, dtype=np.int32)
+    scribble_disks(scribbles[0], kinds0, 2, [0, 1, 2], value=1)
+    result = session.run(scribbles)
+    assert result.violations > 0
+    marked = scribbles > 0
+    assert np.all(session.prediction[marked] == 0) and not marked[1].any()
+    index = session.add_class("debris", init_from=0)
+    np.testing.assert_array_equal(session.predict(), result.prediction)  # pins carried over
+    assert session.undo() and session.n_classes == 2
+    np.testing.assert_array_equal(session.predict(), result.prediction)
+    assert session.redo() and session.n_classes == index + 1
+
+
 def test_tiled_trunk_equals_untiled(model2, config):
     image, _ = disks_scene(np.random.default_rng(3), size=100, n_bright=6, n_dim=2)
     whole = RefineSession(model2, image, config)

@@ -287,7 +287,8 @@ class ScribbleRefineWidget(Container):
         **settings
             ``iterations``, ``learning_rate``, ``alpha``, ``region_growing``,
             ``grow_threshold``, ``n_layers``, ``momentum``, ``stop_fraction``,
-            ``grow_max_distance``, ``point_radius``, ``box_ring``, ``seed``.
+            ``grow_max_distance``, ``pin_scribbles``, ``point_radius``, ``box_ring``,
+            ``seed``.
 
         Raises
         ------

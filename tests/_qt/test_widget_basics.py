@@ -96,6 +96,9 @@ def test_advanced_settings_folded(make_napari_viewer):
     assert (config.max_iterations, config.learning_rate, config.n_layers) == (7, 0.02, 2)
     assert not config.region_growing
     assert not settings.grow_threshold.enabled
+    assert config.pin_scribbles
+    widget.configure(pin_scribbles=False)
+    assert not widget.config().pin_scribbles
     with pytest.raises(TypeError, match="valid"):
         widget.configure(iterationz=3)
     widget.wait(60)

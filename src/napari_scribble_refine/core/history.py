@@ -12,6 +12,9 @@ from .models.base import HeadState, SegmentationModel
 Anchor = dict[str, torch.Tensor]
 """The proximity term's reference W: head parameter name -> pre-trained value."""
 
+_KEEP = object()
+"""``push``'s default for ``pins``: carry the current entry's pins over."""
+
 
 @dataclass
 class _Entry:
@@ -100,7 +103,7 @@ class HeadHistory:
         self._pos += 1
 
     def push(
-        self, label: str, anchor: Anchor | None = None, pins: np.ndarray | bool = True
+        self, label: str, anchor: Anchor | None = None, pins: np.ndarray | None | object = _KEEP
     ) -> None:
         """Record the model's current head as a new entry (copied now).
 
@@ -110,9 +113,9 @@ class HeadHistory:
             What made the change.
         anchor : Anchor, optional
             A new proximity reference (after a class was added); default: unchanged.
-        pins : numpy.ndarray, None or True
-            Scribbles to show over the new state's prediction; True (default) carries the
-            current ones over.
+        pins : numpy.ndarray or None, optional
+            Scribbles to show over the new state's prediction (None: none); by default the
+            current ones carry over.
         """
         self.freeze()
         self._truncate()
@@ -121,7 +124,7 @@ class HeadHistory:
                 label,
                 self._model.head_state(),
                 self.anchor if anchor is None else anchor,
-                self.pins if pins is True else pins,
+                self.pins if pins is _KEEP else pins,  # type: ignore[arg-type]
             )
         )
         self._pos += 1

@@ -503,14 +503,33 @@ class RefineSession:
         )
         pins = None
         if cfg.pin_scribbles:
-            pins = used.astype(np.int32)  # a copy: later edits of the layer change nothing
-            pins.setflags(write=False)
+            current = self._history.pins
+            if current is not None and np.array_equal(current, used):
+                pins = current  # the history shares one array between equal entries
+            else:  # a copy (later edits of the layer change nothing), 1 byte per pixel
+                pins = used.astype(np.uint8 if self.n_classes < 255 else np.int32)
+                pins.setflags(write=False)
         return self._loop(cfg, batches, n_scribbled, token, grown, pins)
 
     def _stale_pins(self, pins: np.ndarray | None, violations: int) -> bool:
-        """Whether a refinement that took no step must still change the pinned scribbles."""
+        """Whether a refinement that took no step must still change the pinned scribbles.
+
+        Parameters
+        ----------
+        pins : numpy.ndarray or None
+            This refinement's pins.
+        violations : int
+            Its scribbled pixels that the head predicts wrongly.
+
+        Returns
+        -------
+        bool
+            True when the current state shows other pins than ``pins``; without current
+            pins, only when some of ``pins`` are not predicted as pinned (the stop fraction
+            allowed it), since pinning changes nothing otherwise.
+        """
         current = self._history.pins
-        if current is None:  # the head already predicts every pin right, unless some failed
+        if current is None:
             return pins is not None and violations > 0
         return pins is None or not np.array_equal(pins, current)
 
@@ -599,11 +618,12 @@ class RefineSession:
         prediction = self.predict()
         elapsed = time.perf_counter() - start
         yield RefineStep(steps, loss, violations, n_scribbled, prediction, True, elapsed)
+        shown = " (shown as scribbled)" if pins is not None and violations else ""
         messages = {
             "converged": f"All but {violations} of {n_scribbled} scribbled pixels predicted "
-            f"as scribbled after {steps} step(s).",
-            "max_iterations": f"Stopped after {steps} step(s) (the maximum); {violations} of "
-            f"{n_scribbled} scribbled pixels still disagree.",
+            f"as scribbled after {steps} step(s){shown}.",
+            "max_iterations": f"Stopped after {steps} step(s) (the maximum); the tuned layers "
+            f"still disagree with {violations} of {n_scribbled} scribbled pixels{shown}.",
             "superseded": f"Stopped after {steps} step(s): another operation started.",
         }
         if stop_reason == "converged" and violations == 0:

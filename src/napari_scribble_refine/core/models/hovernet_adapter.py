@@ -32,6 +32,7 @@ Geometry
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -56,10 +57,14 @@ _NORMALISATION_KINDS = ("none", "uint8", "percentile", "minmax")
 _PRECISIONS = ("auto", "float32", "bfloat16")
 
 
+@functools.cache
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU runs bfloat16 convolutions natively (AVX512-BF16 or AMX)."""
+    """Whether this CPU has bfloat16 instructions (AVX512-BF16 or AMX), checked once.
+
+    CPUs without them emulate bf16, which is slower and no more precise than float32.
+    """
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except (AttributeError, RuntimeError):
         return False
 
@@ -331,11 +336,24 @@ class HoVerNetModel(SegmentationModel):
 
     def _branch_features(self, x: torch.Tensor) -> Features:
         """Features of a valid network input, at the network's output resolution."""
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self._bf16(x.device)):
+        bf16 = self.trunk_uses_bf16(x.device)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
             out = self._branch_features_raw(x)
         return {k: v.float() for k, v in out.items()}
 
-    def _bf16(self, device: torch.device) -> bool:
+    def trunk_uses_bf16(self, device: torch.device) -> bool:
+        """Say whether the frozen trunk runs under bfloat16 autocast on ``device``.
+
+        Parameters
+        ----------
+        device : torch.device
+            Where the trunk runs.
+
+        Returns
+        -------
+        bool
+            The ``precision`` rule applied to ``device``.
+        """
         if self.precision == "auto":
             return device.type == "cpu" and cpu_has_native_bf16()
         return self.precision == "bfloat16"
