@@ -1,7 +1,7 @@
 """Check that two benchmark runs give the same accuracy figures.
 
 Compares every number of two ``results.json`` files except machine time and run metadata
-(keys with ``sec``, ``seconds``, ``wall``, ``load``, ``date``, and the ``meta`` and
+(keys with ``sec``, ``seconds``, ``wall``, ``load``, ``date``, ``threads``, and the ``meta`` and
 ``performance`` sections) and prints, as JSON, how many figures were compared, how many
 differ, the largest absolute difference and the first few differences. Exits 1 if any
 figure differs by more than ``--tolerance`` (default 0: identical)::
@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 SKIPPED_SECTIONS = ("meta", "performance")
-TIMING_WORDS = ("sec", "seconds", "wall", "load", "date")
+TIMING_WORDS = ("sec", "seconds", "wall", "load", "date", "threads")
 
 
 def _timing(key: str) -> bool:
