@@ -32,14 +32,26 @@ def _best(methods: dict, source: str, key: str, lower: bool) -> tuple[list[str],
     return [n for n, v in vals.items() if abs(v - best) < 1e-9], best
 
 
+def _complete(methods: dict, source: str) -> dict:
+    """Keep the methods that ran on every image of a source (only they are compared)."""
+    n_all = max((m[source]["n_images"] for m in methods.values() if source in m), default=0)
+    return {n: m for n, m in methods.items() if source in m and m[source]["n_images"] == n_all}
+
+
 def verdict(results: dict) -> list[str]:
-    """Lines saying, per source, whether ours has the best NoC@0.90 and Dice@3."""
-    methods = results["methods"]
-    sources = sorted({s for m in methods.values() for s in m if s != "all"})
-    ours = [n for n in methods if n.startswith("ours")]
+    """Lines saying, per source, whether ours has the best NoC@0.90 and Dice@3.
+
+    Methods that ran on a subset of a source's images (the all-weights variant) are left
+    out there: their means are over other images.
+    """
+    every = results["methods"]
+    sources = sorted({s for m in every.values() for s in m if s != "all"})
     lines = []
     all_ok = True
     for source in sources:
+        methods = _complete(every, source)
+        ours = [n for n in methods if n.startswith("ours")]
+        partial = sorted(set(every) - set(methods))
         for key, lower, label in (("noc90", True, "NoC@0.90"), ("dice@3", False, "Dice@3")):
             winners, best = _best(methods, source, key, lower)
             ours_best = [n for n in winners if n in ours]
@@ -69,6 +81,10 @@ def verdict(results: dict) -> list[str]:
                     f"- {source}, {label}: **ours loses**: best is {', '.join(winners)} with "
                     f"{_f(best, 2)}, best of ours {_f(best_ours, 2)}"
                 )
+        if partial:
+            lines.append(
+                f"- {source}: not compared ({', '.join(partial)} ran on a subset of its images)"
+            )
     scaling = results.get("performance", {}).get("size_scaling") or []
     at512 = next((r for r in scaling if r.get("side") == 512 and "error" not in r), None)
     if at512 and at512.get("sec_median") is not None:
@@ -188,7 +204,8 @@ def _find_ratio(obj: object) -> float | None:
     """Find the first number under a key naming a speed-up or ratio, anywhere in ``obj``."""
     if isinstance(obj, dict):
         for k, v in obj.items():
-            if isinstance(v, int | float) and any(w in k.lower() for w in ("ratio", "speedup")):
+            name = k.lower()  # "iterations" contains "ratio": match whole words only
+            if isinstance(v, int | float) and ("speedup" in name or name.endswith("ratio")):
                 return float(v)
         for v in obj.values():
             found = _find_ratio(v)
