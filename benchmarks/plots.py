@@ -51,17 +51,18 @@ def write_plots(results: dict, folder: Path) -> list[Path]:
 
     fig, axes = plt.subplots(1, len(sources), figsize=(5.5 * len(sources), 4.2), squeeze=False)
     for ax, source in zip(axes[0], sources, strict=True):
+        n = max(m[source]["n_images"] for m in methods.values() if source in m)
         for name, per_source in methods.items():
             fig_ = per_source.get(source)
             if not fig_:
                 continue
             curve = np.array([np.nan if v is None else v for v in fig_["dice_curve"]])
             colour, ls, marker = _style(name)
-            ax.plot(np.arange(len(curve)), curve, ls, color=colour, marker=marker, label=name)
+            shown = name if fig_["n_images"] == n else f"{name} ({fig_['n_images']} images)"
+            ax.plot(np.arange(len(curve)), curve, ls, color=colour, marker=marker, label=shown)
         paper = results.get("paper", {}).get("dice")
         if paper:
             ax.plot(range(1, len(paper) + 1), paper, "k--", lw=1, label="paper (nuclei)")
-        n = next(iter(methods.values())).get(source, {}).get("n_images", "?")
         ax.set_title(f"{source} ({n} images){label}")
         ax.set_xlabel("interaction k")
         ax.set_ylabel("foreground Dice")
