@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_scribble_refine import available_models, load_model
+from napari_scribble_refine import RefineConfig, RefineSession, available_models, load_model
 from napari_scribble_refine.core.metrics import dice
 from napari_scribble_refine.core.models.base import SegmentationModel
 from napari_scribble_refine.core.models.hovernet import HoVerNet, HoVerNetConfig
@@ -174,3 +174,12 @@ def test_bfloat16_trunk_agrees_with_float32(name):
 def test_unknown_precision_is_a_clear_error():
     with pytest.raises(ValueError, match=r"precision must be one of .*got 'float16'"):
         load_model("hovernet-fluo", precision="float16")
+
+
+def test_tiled_features_keep_the_trunks_channels_last_layout():
+    image = synthetic_fluorescence((96, 80), seed=3).image
+    model = load_model("hovernet-fluo")
+    whole = RefineSession(model, image, RefineConfig(device="cpu")).features["np"]
+    tiled = RefineSession(model, image, RefineConfig(device="cpu"), tile_size=48).features["np"]
+    assert whole.is_contiguous(memory_format=torch.channels_last)
+    assert tiled.is_contiguous(memory_format=torch.channels_last)  # the 1x1 head's fast path
