@@ -50,7 +50,7 @@ def _predict(model: HoVerNetModel, image: np.ndarray) -> tuple[np.ndarray, np.nd
     with torch.inference_mode():
         feats = model.features(image)
         logits = model.head(feats)
-        classes = logits.argmax(1)[0].numpy()
+        classes = model.class_map(logits)[0].numpy()
         return classes, np.asarray(model.instances(classes, logits, feats))
 
 

@@ -63,7 +63,7 @@ def predict(model, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     with torch.inference_mode():
         feats = model.features(image)
         logits = model.head(feats)
-        classes = logits.argmax(1)[0].cpu().numpy()
+        classes = model.class_map(logits)[0].cpu().numpy()
         inst = model.instances(classes, logits, feats)
     if inst is None:
         from skimage.measure import label

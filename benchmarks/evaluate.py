@@ -72,7 +72,7 @@ def make_methods(
     model_probs = softmax_probabilities(session.logits())
     space = class_space(model.class_names, sample)
     probs = space.probabilities(model_probs)
-    initial = space.lut[np.argmax(model_probs, axis=0)].astype(np.uint8)
+    initial = space.lut[session.prediction].astype(np.uint8)  # the model's own rule
     problem = Problem(sample.name, sample.image, sample.rgb, probs, initial, space.n_classes)
 
     def variant(config: RefineConfig) -> Factory:

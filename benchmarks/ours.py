@@ -132,6 +132,10 @@ class WholeNetworkModel(SegmentationModel):
         feats = self.inner._branch_features(x)
         return self.inner.head({k: v[..., :h, :w] for k, v in feats.items()})
 
+    def class_map(self, logits: torch.Tensor) -> torch.Tensor:
+        """Decide classes by the wrapped model's rule."""
+        return self.inner.class_map(logits)
+
     def add_class(self, name: str, init_from: int) -> None:
         """Add a class to the wrapped model."""
         self.inner.add_class(name, init_from)

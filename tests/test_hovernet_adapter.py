@@ -274,3 +274,27 @@ def test_instances_on_a_real_forward():
     class_map = logits.argmax(1)[0].numpy()
     labels = model.instances(class_map, logits, feats)
     assert labels.shape == (64, 64) and labels.dtype == np.int32
+
+
+def test_class_map_decides_nucleus_first_then_its_type():
+    model = small_model(4)
+    probs = torch.tensor([0.4, 0.15, 0.25, 0.2]).log()  # nucleus 0.6, spread over 3 types
+    logits = probs[None, :, None, None].expand(1, 4, 2, 3)
+    assert torch.equal(model.class_map(logits), torch.full((1, 2, 3), 2))
+    assert int(logits.argmax(1).max()) == 0  # a plain argmax would call it background
+    background = torch.tensor([0.55, 0.15, 0.2, 0.1]).log()[None, :, None, None]
+    assert int(model.class_map(background)) == 0
+
+
+def test_adding_a_class_leaves_the_built_in_prediction_unchanged():
+    from napari_scribble_refine.core.config import RefineConfig
+    from napari_scribble_refine.core.models.registry import load_model
+    from napari_scribble_refine.core.session import RefineSession
+    from napari_scribble_refine.core.synthetic import synthetic_fluorescence
+
+    image = synthetic_fluorescence((96, 96), seed=5).image
+    session = RefineSession(load_model("hovernet-fluo"), image, RefineConfig(device="cpu"))
+    before = session.predict()
+    assert before.any()
+    session.add_class("debris", init_from=1)  # splits every nucleus probability in two
+    np.testing.assert_array_equal(session.predict(), before)

@@ -248,6 +248,31 @@ def refine(
     return _outcome(session, message, cancelled=stopped, result=result)
 
 
+def add_class(session: Any, name: str, init_from: int) -> Outcome:
+    """Add an output class to the session's model (undoable).
+
+    Parameters
+    ----------
+    session : RefineSession
+        The session.
+    name : str
+        Name of the new class.
+    init_from : int
+        The class whose final-layer weights it starts as a copy of.
+
+    Returns
+    -------
+    Outcome
+        The prediction after the change (unchanged until the class is scribbled and refined).
+    """
+    index = session.add_class(name, init_from)
+    source = session.class_names[init_from]
+    return _outcome(
+        session,
+        f"Added class {name!r} as a copy of {source!r}: paint it (label {index + 1}), then Refine",
+    )
+
+
 def history(session: Any, action: str) -> Outcome:
     """Undo, redo or reset the session's refinements.
 
@@ -263,7 +288,13 @@ def history(session: Any, action: str) -> Outcome:
     Outcome
         The prediction after the action.
     """
+    undone = session.history_labels[session.history_position]
     getattr(session, action)()
     session.predict()
-    done = {"undo": "Undid the last refinement", "redo": "Redid the refinement"}
-    return _outcome(session, done.get(action, "Model reset to its pre-trained weights"))
+    if action == "undo":
+        message = f"Undid: {undone}"
+    elif action == "redo":
+        message = f"Redid: {session.history_labels[session.history_position]}"
+    else:
+        message = "Model reset to its pre-trained weights"
+    return _outcome(session, message)

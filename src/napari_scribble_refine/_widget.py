@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, Label, PushButton
+from magicgui.widgets import ComboBox, Container, Label, LineEdit, PushButton
 from napari.layers import Image, Labels, Points, Shapes
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
@@ -141,6 +141,15 @@ class ScribbleRefineWidget(Container):
         self._new_points = PushButton(text="New points", tooltip="Add a Points layer for clicks.")
         self._new_boxes = PushButton(text="New boxes", tooltip="Add a Shapes layer for boxes.")
         self._palette = ClassPalette(self.select_class)
+        self._class_name = LineEdit(
+            tooltip="Name of a class the model does not have yet, e.g. 'mitotic'."
+        )
+        self._class_name.native.setPlaceholderText("new class name")
+        self._add_class_button = PushButton(
+            text="Add class",
+            tooltip="Add the named class to the model as a copy of the class chosen above "
+            "(undoable); paint it, then Refine.",
+        )
         self._model_choice = ComboBox(
             label="Model",
             choices=self._model_choices,
@@ -186,6 +195,7 @@ class ScribbleRefineWidget(Container):
                 self._points,
                 self._boxes,
                 self._palette,
+                row(self._class_name, self._add_class_button),
                 self._model_choice,
                 self._device,
                 self._settings,
@@ -214,6 +224,7 @@ class ScribbleRefineWidget(Container):
         self._undo_button.changed.connect(lambda: self.undo())
         self._redo_button.changed.connect(lambda: self.redo())
         self._reset_button.changed.connect(lambda: self.reset_model())
+        self._add_class_button.changed.connect(lambda: self.add_class())
         for action, key in SHORTCUTS.items():
             self._viewer.bind_key(key, partial(self._on_shortcut, action), overwrite=True)
         self._close_watcher = _CloseWatcher(self.native, self.shutdown)
@@ -742,6 +753,47 @@ class ScribbleRefineWidget(Container):
         """
         return self._history("reset", wait)
 
+    def add_class(
+        self, name: str | None = None, init_from: int | None = None, wait: bool = False
+    ) -> Any:
+        """Add a class the model was never trained for (undoable; background task).
+
+        Parameters
+        ----------
+        name : str, optional
+            Its name; default: the text in the "new class name" box.
+        init_from : int, optional
+            The class it starts as a copy of; default: the class chosen in the palette.
+        wait : bool
+            Block (processing Qt events) until done.
+
+        Returns
+        -------
+        worker or None
+            The thread worker, or None (with a notification) without a session or a name.
+        """
+        if self._session is None:
+            show_info("Predict first: the class is added to the model of the open session")
+            return None
+        name = (self._class_name.value if name is None else name).strip()
+        if not name:
+            show_error("Type a name for the new class first")
+            return None
+        source = self._palette.selected if init_from is None else init_from
+        image = self._session_image
+        return self._start(
+            "adding a class",
+            partial(_tasks.add_class, self._session, name, source),
+            on_result=partial(self._show_new_class, image),
+            wait=wait,
+        )
+
+    def _show_new_class(self, image: Image, outcome: _tasks.Outcome) -> None:
+        self._show_outcome(image, outcome)
+        self._class_name.value = ""
+        self.select_class(len(self._class_names) - 1)
+        self._set_status(outcome.message)
+
     def wait(self, timeout: float | None = None) -> bool:
         """Process Qt events until the running task has finished and its result is shown.
 
@@ -884,6 +936,7 @@ class ScribbleRefineWidget(Container):
         self._undo_button.enabled = not busy and bool(session is not None and session.can_undo)
         self._redo_button.enabled = not busy and bool(session is not None and session.can_redo)
         self._reset_button.enabled = not busy and session is not None
+        self._add_class_button.enabled = not busy and session is not None
         for widget in (self._image, self._model_choice, self._device):
             widget.enabled = not busy
 

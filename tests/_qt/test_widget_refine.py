@@ -228,3 +228,36 @@ def test_live_updates_reach_the_canvas(make_napari_viewer, fluo_model, fluo_samp
         assert shown.mean() > 2 * was_shown.mean()
         colour = (_layers.class_colour(1)[:3] * 255).astype(int)
         assert np.abs(after[shown][:, :3].astype(int) - colour).max() <= 2
+
+
+def test_add_class_then_paint_refine_and_undo(docked, fluo_sample, notifications):
+    assert docked.add_class("debris") is None  # nothing to add it to yet
+    assert any("Predict first" in n for n in notifications.texts())
+    docked.predict(wait=True)
+    before = docked.prediction_layer.data.copy()
+    docked._class_name.value = "   "
+    assert docked.add_class() is None
+    assert any("name for the new class" in e for e in notifications.errors())
+    docked._palette[1].native.click()  # start the new class from "nucleus"
+    docked._class_name.value = "dim nucleus"
+    docked.add_class(wait=True)
+    assert docked.class_names == ["background", "nucleus", "dim nucleus"]
+    assert docked.session.class_names == docked.class_names
+    assert docked._class_name.value == ""
+    assert "dim nucleus" in docked._status.value
+    scribbles = docked.new_scribbles()
+    assert scribbles.selected_label == 3  # the brush is on the new class
+    paint = np.zeros(fluo_sample.types.shape, np.uint8)
+    paint[fluo_sample.types > 0] = 3  # every nucleus is a "dim nucleus"
+    paint[::2] = 0
+    paint[(fluo_sample.types == 0) & (np.arange(128)[:, None] % 8 == 1)] = 1
+    scribbles.data = paint
+    docked.configure(iterations=50, region_growing=False)
+    docked.refine(wait=True)
+    after = docked.prediction_layer.data
+    assert np.mean(after[fluo_sample.types > 0] == 2) > 0.9
+    docked.undo(wait=True)  # the refinement
+    docked.undo(wait=True)  # the new class
+    assert docked.session.class_names == ["background", "nucleus"]
+    assert "add class" in docked._status.value
+    np.testing.assert_array_equal(docked.prediction_layer.data, before)

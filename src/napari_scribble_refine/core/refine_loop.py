@@ -400,5 +400,5 @@ def loss_and_gradients(
         loss.backward()
         total += float(loss.detach())
         with torch.no_grad():
-            wrong += int(((logits.argmax(1) != batch.target) & scribbled).sum())
+            wrong += int(((model.class_map(logits) != batch.target) & scribbled).sum())
     return total, wrong

@@ -230,7 +230,9 @@ class RefineSession:
         for index in range(n):
             for y0, x0, piece in self._head_pieces(index):
                 h, w = piece.shape[-2:]
-                class_map[index, y0 : y0 + h, x0 : x0 + w] = class_map_of(piece.float().cpu())
+                class_map[index, y0 : y0 + h, x0 : x0 + w] = class_map_of(
+                    self.model, piece.float().cpu()
+                )
         class_map = class_map if self.image_info.is_3d else class_map[0]
         pins = self._history.pins
         if pins is not None:

@@ -105,6 +105,22 @@ class SegmentationModel(ABC):
             Logits [N, n_classes, h, w].
         """
 
+    def class_map(self, logits: torch.Tensor) -> torch.Tensor:
+        """Decide each pixel's class from the head's logits (default: the argmax).
+
+        Parameters
+        ----------
+        logits : torch.Tensor
+            [N, n_classes, h, w].
+
+        Returns
+        -------
+        torch.Tensor
+            int64 [N, h, w].
+        """
+        # channels-last makes the reduction contiguous: several times faster than argmax(1)
+        return logits.permute(0, 2, 3, 1).contiguous().argmax(-1)
+
     @abstractmethod
     def add_class(self, name: str, init_from: int) -> None:
         """Grow the head's last layer by one output class.

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -474,6 +475,27 @@ class HoVerNetModel(SegmentationModel):
             return F.log_softmax(np_logits, dim=1)
         log_np = F.log_softmax(np_logits[:, :2], dim=1)
         return torch.cat([log_np[:, :1], log_np[:, 1:2] + F.log_softmax(split, dim=1)], dim=1)
+
+    def class_map(self, logits: torch.Tensor) -> torch.Tensor:
+        """Nucleus where the NP branch says so, then its most likely class (HoVer-Net's rule).
+
+        A plain argmax over the combined classes would call a nucleus background whenever
+        its probability is split among several types (or among the NP channels of an added
+        class), e.g. p(nucleus) = 0.6 over three equally likely types.
+
+        Parameters
+        ----------
+        logits : torch.Tensor
+            Log-probabilities [N, n_classes, h, w] from :meth:`head`.
+
+        Returns
+        -------
+        torch.Tensor
+            int64 [N, h, w]: 0 where p(background) >= 0.5, else 1 + the argmax of the rest.
+        """
+        foreground = logits[:, 0] < math.log(0.5)
+        kind = logits[:, 1:].permute(0, 2, 3, 1).contiguous().argmax(-1) + 1
+        return torch.where(foreground, kind, torch.zeros_like(kind))
 
     def add_class(self, name: str, init_from: int) -> None:
         """Add a class: one more TP channel (typed) or NP channel (untyped).
