@@ -223,7 +223,7 @@ class RefineSession:
         return out
 
     def _compute_class_map(self) -> np.ndarray:
-        """Argmax per piece (only the int32 class map is ever whole-image sized), then pins."""
+        """Apply the model's class rule piece by piece, then the pins (int32, whole image)."""
         height, width = self.spatial_shape[-2:]
         n = self.spatial_shape[0] if self.image_info.is_3d else 1
         class_map = np.empty((n, height, width), dtype=np.int32)
@@ -533,7 +533,7 @@ class RefineSession:
         current = self._history.pins
         if current is None:
             return pins is not None and violations > 0
-        return pins is None or not np.array_equal(pins, current)
+        return pins is not current  # refine() reuses the current array when they are equal
 
     def _no_op(self) -> Generator[RefineStep, None, RefineResult]:
         prediction = self.predict()

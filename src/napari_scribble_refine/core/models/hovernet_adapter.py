@@ -494,7 +494,7 @@ class HoVerNetModel(SegmentationModel):
             int64 [N, h, w]: 0 where p(background) >= 0.5, else 1 + the argmax of the rest.
         """
         foreground = logits[:, 0] < math.log(0.5)
-        kind = logits[:, 1:].permute(0, 2, 3, 1).contiguous().argmax(-1) + 1
+        kind = super().class_map(logits[:, 1:]) + 1
         return torch.where(foreground, kind, torch.zeros_like(kind))
 
     def add_class(self, name: str, init_from: int) -> None:
