@@ -112,10 +112,32 @@ def load_sample(folder: Path) -> Sample:
         if meta.is_file():
             import json
 
-            classes = json.loads(meta.read_text())["classes"]
+            entries = json.loads(meta.read_text())
+            if "classes" in entries:  # PanNuke: {"classes": {id: name}, "instances": ...}
+                classes = entries["classes"]
+            else:  # CoNSeP (training set): {label id: type name}; ids from the type map
+                classes = _type_ids(labels, types, entries)
             n = max(n, *(int(k) for k in classes))
             names = ["background"] + [classes.get(str(i), f"type {i}") for i in range(1, n + 1)]
     return Sample(folder.parent.name, folder.name, image, labels, types, names)
+
+
+CONSEP_TYPES = {"1": "other", "2": "inflammatory", "3": "epithelial", "4": "spindle"}
+"""CoNSeP's merged types (the training set's SOURCES.md), for patches that lack some."""
+
+
+def _type_ids(labels: np.ndarray, types: np.ndarray, names: dict[str, str]) -> dict[str, str]:
+    """Map type ids to names from a ``{label id: type name}`` mapping and the type map.
+
+    CoNSeP's ids stand where a type is absent from the patch.
+    """
+    out: dict[str, str] = dict(CONSEP_TYPES)
+    for label, name in names.items():
+        values = types[labels == int(label)]
+        values = values[values > 0]
+        if values.size:
+            out[str(int(np.bincount(values).argmax()))] = name
+    return out
 
 
 @dataclass(frozen=True)

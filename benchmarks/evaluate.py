@@ -10,6 +10,7 @@ from collections.abc import Callable
 import numpy as np
 from baselines import BASELINES
 from bench_data import ClassSpace, Sample, class_space
+from groups import group_names, image_groups
 from ours import OursVariant, WholeNetworkModel, softmax_probabilities
 from problem import Problem
 
@@ -44,6 +45,12 @@ ALL_WEIGHTS_STEPS = 10
 ALL_WEIGHTS_LR = 0.00005
 """SGD rate of the all-weights variant (every layer moves, so much smaller than the head's;
 0.005 and 0.0005 wrecked the prediction on a DSB fluorescence tile, 0.00005 did not)."""
+
+LOSE_DROP = 0.02
+"""A step k - 1 -> k "loses" when an image's Dice drops by more than this."""
+
+_EPS = 1e-9
+"""Slack for float sums (a drop of exactly ``LOSE_DROP`` does not lose)."""
 
 
 def ours_config(args: argparse.Namespace, **changes: object) -> RefineConfig:
@@ -81,6 +88,7 @@ def make_methods(
     methods: dict[str, Factory] = {
         "ours": variant(ours_config(args)),
         "ours-no-grow": variant(ours_config(args, region_growing=False)),
+        "ours-paper": variant(RefineConfig.paper(seed=args.seed, device="cpu")),
     }
     if all_weights and all_weights_eligible(sample):
         methods["ours-all-weights"] = _all_weights_factory(model, sample, space, model_probs, args)
@@ -284,8 +292,49 @@ def _curve(recs: list[dict], key: str, length: int) -> list[float | None]:
     return [_mean([r[key][k] for r in recs if len(r[key]) > k]) for k in range(length)]
 
 
+def lose_steps(recs: list[dict], interactions: int) -> tuple[int, int]:
+    """Count the steps that lost Dice, over a group of images.
+
+    A step is an (image, k) pair for k = 1..``interactions``; it loses when the image's Dice
+    at k is lower than at k - 1 by more than :data:`LOSE_DROP`. Steps with a missing Dice
+    (None or NaN at k - 1 or k) are not counted.
+
+    Parameters
+    ----------
+    recs : list of dict
+        Per-image records of one method (their ``"dice"`` lists, k = 0, 1, ...).
+    interactions : int
+        K: only the steps up to k = K count (NoC may have run the loop further).
+
+    Returns
+    -------
+    lost : int
+        Steps that lost more than :data:`LOSE_DROP`.
+    steps : int
+        Steps counted.
+    """
+    lost = steps = 0
+    for r in recs:
+        values = [np.nan if v is None else float(v) for v in r["dice"][: interactions + 1]]
+        for before, after in zip(values[:-1], values[1:], strict=True):
+            if np.isfinite(before) and np.isfinite(after):
+                steps += 1
+                lost += int(before - after > LOSE_DROP + _EPS)
+    return int(lost), steps
+
+
 def summarise(recs: list[dict], interactions: int, cap: int) -> dict:
-    """Figures of one method over a group of images."""
+    """Figures of one method over a group of images.
+
+    Returns
+    -------
+    dict
+        NoC@0.85/0.90 (``never*``: images that never got there), ``dice@1``, ``dice@3``,
+        ``dice@5``, ``class_dice@5``, ``head_agreement@5`` (ours variants),
+        ``lose_share`` (share of (image, k) steps, k = 1..K, that lost more than
+        :data:`LOSE_DROP` Dice; ``lose_steps`` of ``steps``), seconds, and the mean curves
+        over k = 0..K.
+    """
     secs = np.concatenate([np.asarray(r["sec"], float) for r in recs] + [np.zeros(0)])
     out: dict = {"n_images": len(recs)}
     for t in ("85", "90"):
@@ -293,8 +342,13 @@ def summarise(recs: list[dict], interactions: int, cap: int) -> dict:
         out["noc" + t] = _mean([cap if v is None else v for v in nocs])
         out["never" + t] = sum(v is None for v in nocs)
     curve = _curve(recs, "dice", interactions + 1)
+    out["dice@1"] = curve[min(1, interactions)]
     out["dice@3"] = curve[min(3, interactions)]
     out["dice@5"] = curve[min(5, interactions)]
+    lost, steps = lose_steps(recs, interactions)
+    out["lose_share"] = lost / steps if steps else None
+    out["lose_steps"] = lost
+    out["steps"] = steps
     out["sec_median"] = float(np.median(secs)) if secs.size else None
     out["sec_p90"] = float(np.percentile(secs, 90)) if secs.size else None
     out["calls"] = int(secs.size)
@@ -302,10 +356,12 @@ def summarise(recs: list[dict], interactions: int, cap: int) -> dict:
     out["dice_curve"] = curve
     out["iou_curve"] = _curve(recs, "iou", interactions + 1)
     out["class_dice_curve"] = _curve(recs, "class_dice", interactions + 1)
+    out["class_dice@5"] = out["class_dice_curve"][min(5, interactions)]
     out["scribbled_curve"] = _curve(recs, "scribbled", interactions + 1)
     out["agreement_curve"] = _curve(recs, "agreement", interactions + 1)
     if all("head_agreement" in r for r in recs):
         out["head_agreement_curve"] = _curve(recs, "head_agreement", interactions + 1)
+        out["head_agreement@5"] = out["head_agreement_curve"][min(5, interactions)]
     for key in ("aji0", "ajiK", "pq0", "pqK", "ajiK_own"):
         out[key] = _mean([r.get(key) for r in recs])
     out["sec_curve"] = [
@@ -315,8 +371,20 @@ def summarise(recs: list[dict], interactions: int, cap: int) -> dict:
 
 
 def aggregate(images: list[dict], interactions: int, cap: int) -> dict:
-    """``methods -> name -> source -> figures`` (plus an ``all`` source) and fixed mode."""
-    sources = sorted({im["source"] for im in images})
+    """Summarise a run per method and group, and its fixed-scribbles mode.
+
+    Groups are the sources, the modalities of :data:`groups.MODALITY_SOURCES`
+    (``dsb2018/fluo`` etc.; see :func:`groups.image_groups`) and ``all``.
+
+    Returns
+    -------
+    dict
+        ``{"methods": {name: {group: figures}}, "fixed": {name: {group: {"dice@k": ...}}}}``
+        (figures from :func:`summarise`; a method appears in a group when it ran on at least
+        one of its images).
+    """
+    groups = group_names(images)
+    memberships = [image_groups(im) for im in images]
     names: list[str] = []
     for im in images:
         names += [m for m in im["methods"] if m not in names]
@@ -325,15 +393,15 @@ def aggregate(images: list[dict], interactions: int, cap: int) -> dict:
     for name in names:
         methods[name] = {}
         fixed[name] = {}
-        for source in [*sources, "all"]:
-            group = [im for im in images if source in ("all", im["source"])]
+        for group_name in groups:
+            group = [im for im, gs in zip(images, memberships, strict=True) if group_name in gs]
             recs = [im["methods"][name] for im in group if name in im["methods"]]
             if recs:
-                methods[name][source] = summarise(recs, interactions, cap)
+                methods[name][group_name] = summarise(recs, interactions, cap)
             fx = [im["fixed"] for im in group if name in im.get("fixed", {}).get("methods", {})]
             if fx:
                 ks = fx[0]["k"]
-                fixed[name][source] = {
+                fixed[name][group_name] = {
                     f"dice@{k}": _mean([f["methods"][name]["dice"][i] for f in fx])
                     for i, k in enumerate(ks)
                 }

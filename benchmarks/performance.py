@@ -39,8 +39,9 @@ def size_scaling(sizes: list[int], threads: int, model, seed: int = 0) -> list[d
     Returns
     -------
     list of dict
-        One row per size: ``side``, ``setup_sec``, ``sec`` (per interaction), ``sec_median``,
-        or ``error`` when the size failed (e.g. out of memory).
+        One row per size: ``side``, ``threads``, ``setup_sec``, ``sec`` (per interaction),
+        ``sec_median``, ``sec_p90`` (90th percentile of ``sec``, linear interpolation), or
+        ``error`` when the size failed (e.g. out of memory).
     """
     rows = []
     for side in sizes:
@@ -66,6 +67,7 @@ def size_scaling(sizes: list[int], threads: int, model, seed: int = 0) -> list[d
                 secs.append(time.perf_counter() - t)
             row["sec"] = secs
             row["sec_median"] = float(np.median(secs)) if secs else None
+            row["sec_p90"] = float(np.percentile(secs, 90)) if secs else None
             del session
         except (MemoryError, RuntimeError) as err:  # torch raises RuntimeError on OOM
             row["error"] = f"{type(err).__name__}: {str(err)[:200]}"

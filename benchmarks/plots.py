@@ -9,6 +9,7 @@ import numpy as np
 STYLE = {
     "ours": ("tab:red", "-", "o"),
     "ours-no-grow": ("tab:orange", "-", "s"),
+    "ours-paper": ("tab:pink", "-", "v"),
     "ours-all-weights": ("tab:brown", "-", "^"),
     "paint-only": ("tab:gray", "--", "."),
     "grow+paint": ("tab:olive", "--", "x"),
@@ -45,7 +46,7 @@ def write_plots(results: dict, folder: Path) -> list[Path]:
 
     folder.mkdir(parents=True, exist_ok=True)
     methods = results["methods"]
-    sources = sorted({s for m in methods.values() for s in m if s != "all"})
+    sources = sorted({s for m in methods.values() for s in m if s != "all" and "/" not in s})
     label = " (limited run)" if results["meta"].get("limited_run") else ""
     written = []
 

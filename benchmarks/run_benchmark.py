@@ -59,7 +59,7 @@ from evaluate import (  # noqa: E402
 
 from napari_scribble_refine.core.robot import RobotUser, sample_seed  # noqa: E402
 
-SHARED_SESSION = ("ours", "ours-no-grow")
+SHARED_SESSION = ("ours", "ours-no-grow", "ours-paper")
 """Variants whose session is built with the initial prediction (its time is their setup)."""
 
 REPO = Path(__file__).resolve().parents[1]
@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> None:
     """Run the benchmark and write results, report and plots."""
     from performance import core_benchmark, size_scaling
     from plots import write_plots
-    from report import write_report
+    from report import verdict, write_report
 
     args = parse_args(argv)
     if args.report_from:  # re-render docs (e.g. after editing notes.md) without re-running
@@ -334,6 +334,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"wrote {args.out / 'results.json'}, {args.docs / 'benchmarks.md'} and {len(plots)} plots"
     )
+    print("\n".join(verdict(results)))
 
 
 def _rounded(obj: object, digits: int = 4) -> object:

@@ -69,8 +69,15 @@ def scene() -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture
 def config() -> RefineConfig:
-    """Fast, deterministic settings on the CPU without region growing."""
+    """Fast, deterministic settings on the CPU without region growing.
+
+    The head's own output is shown (no trust region, CRF or per-nucleus typing), so tests
+    of the loop see what the tuned head does; those mechanisms have tests of their own.
+    """
     return RefineConfig(
+        trust_region=False,
+        crf_weight=0.0,
+        type_by_instance=False,
         max_iterations=80,
         learning_rate=0.05,
         momentum=0.9,

@@ -31,7 +31,7 @@ from ._controls import ClassPalette, RefineSettings
 from ._workers import Failed, TaskRunner, Throttle
 from .core.config import RefineConfig
 from .core.images import validate_image
-from .core.models.registry import available_models, is_torchscript
+from .core.models.registry import available_models, default_model, is_torchscript
 from .core.scribbles import validate_scribbles
 
 if TYPE_CHECKING:
@@ -102,9 +102,12 @@ class ScribbleRefineWidget(Container):
         self._watched: Labels | None = None
         self._runner = TaskRunner(self._on_busy)
         self._live = Throttle(LIVE_UPDATE_MS, self._show_live_prediction)
+        self._model_picked = False  # the user chose a model: images no longer choose it
         self._build()
         self._connect()
         self._update_buttons()
+        with self._model_choice.changed.blocked():
+            self._choose_model_for_image()
         if self._model_choice.value not in (None, FROM_FILE):
             self.load_model()
 
@@ -344,7 +347,22 @@ class ScribbleRefineWidget(Container):
             picker.reset_choices()
 
     def _on_image_changed(self) -> None:
+        if not self._model_picked and self._choose_model_for_image():
+            self.load_model()
         self._update_buttons()
+
+    def _choose_model_for_image(self) -> bool:
+        """Pick the built-in model that suits the chosen image; True when it changed."""
+        layer = self._image.value
+        choice = self._model_choice.value
+        if layer is None or choice not in available_models():
+            return False
+        wanted = default_model(bool(getattr(layer, "rgb", False)))
+        if wanted == choice:
+            return False
+        with self._model_choice.changed.blocked():
+            self._model_choice.value = wanted
+        return True
 
     def _on_scribbles_changed(self) -> None:
         self._watch_brush(self._scribbles.value)
@@ -476,6 +494,7 @@ class ScribbleRefineWidget(Container):
         return str(choice)
 
     def _on_model_chosen(self, choice: Any = None) -> None:
+        self._model_picked = True
         if choice == FROM_FILE:
             from qtpy.QtWidgets import QFileDialog
 

@@ -18,11 +18,28 @@ import numpy as np
 import tifffile
 
 from .core import RefineConfig, RefineSession, load_model
+from .core.images import validate_image
 from .core.metrics import dice, per_class_dice
+from .core.models.base import SegmentationModel
+from .core.models.registry import default_model
 from .core.robot import RobotUser
 from .core.synthetic import synthetic_fluorescence, synthetic_he
 
 DEMO_SEED = 20261126
+
+DEMO_SYNONYMS = {"lymphocyte": "inflammatory", "stromal": "spindle"}
+"""Synthetic H&E classes under the names of the built-in H&E model's (CoNSeP's) types."""
+
+
+def _truth_in_model_classes(
+    types: np.ndarray, sample_classes: list[str], model_classes: list[str]
+) -> np.ndarray:
+    """Renumber a synthetic sample's class map into the model's classes, by name."""
+    lut = np.zeros(len(sample_classes), np.int32)
+    for i, name in enumerate(sample_classes[1:], start=1):
+        wanted = DEMO_SYNONYMS.get(name, name)
+        lut[i] = model_classes.index(wanted) if wanted in model_classes else 1
+    return lut[types]
 """Seed of the demo images; training uses other seeds, so these images are unseen."""
 
 
@@ -69,9 +86,9 @@ def run_demo(out: Path, interactions: int = 3, size: int = 512) -> dict:
     }
     summary: dict = {}
     for label, (model_name, sample) in samples.items():
-        truth = sample.types.astype(np.int32)
         t0 = time.perf_counter()
         session = RefineSession(load_model(model_name), sample.image, RefineConfig(seed=0))
+        truth = _truth_in_model_classes(sample.types, sample.class_names, session.class_names)
         prediction = session.predict()
         opened = time.perf_counter() - t0
         n_classes = session.n_classes
@@ -116,10 +133,19 @@ def run_demo(out: Path, interactions: int = 3, size: int = 512) -> dict:
     return summary
 
 
+def _model_for(args: argparse.Namespace, image: np.ndarray) -> SegmentationModel:
+    """Load the model the user named, else the built-in one that suits the image."""
+    name = args.model
+    if name is None:
+        name = default_model(validate_image(image, rgb=args.rgb).is_rgb)
+        print(f"model: {name} (chosen for this image; --model picks another)")
+    return load_model(name, allow_code=args.allow_code)
+
+
 def _predict(args: argparse.Namespace) -> None:
     image = _read_image(args.image, "image")
     session = RefineSession(
-        load_model(args.model, allow_code=args.allow_code),
+        _model_for(args, image),
         image,
         RefineConfig(device=args.device),
         rgb=args.rgb,
@@ -141,9 +167,7 @@ def _refine(args: argparse.Namespace) -> None:
         region_growing=not args.no_region_growing,
         device=args.device,
     )
-    session = RefineSession(
-        load_model(args.model, allow_code=args.allow_code), image, config, rgb=args.rgb
-    )
+    session = RefineSession(_model_for(args, image), image, config, rgb=args.rgb)
     result = session.run(scribbles)
     print(result.message)
     _write(Path(f"{args.out}_classes.tif"), result.prediction.astype(np.uint8))
@@ -186,7 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
                 "--apply-to", nargs="*", help="more images to predict with the refined model"
             )
         p.add_argument(
-            "--model", default="hovernet-fluo", help="built-in name or a checkpoint path"
+            "--model",
+            default=None,
+            help="built-in name or a checkpoint path (default: hovernet-he for colour "
+            "images, hovernet-fluo for grey ones)",
         )
         p.add_argument(
             "--allow-code",

@@ -254,8 +254,9 @@ def test_add_class_then_paint_refine_and_undo(docked, fluo_sample, notifications
     scribbles.data = paint
     docked.configure(iterations=50, region_growing=False)
     docked.refine(wait=True)
-    after = docked.prediction_layer.data
-    assert np.mean(after[fluo_sample.types > 0] == 2) > 0.9
+    after = docked.prediction_layer.data[fluo_sample.types > 0]
+    assert np.mean(after == 2) > 0.85  # the nuclei took the new class ...
+    assert np.mean(after == 1) < 0.02  # ... and none kept the old one
     docked.undo(wait=True)  # the refinement
     docked.undo(wait=True)  # the new class
     assert docked.session.class_names == ["background", "nucleus"]

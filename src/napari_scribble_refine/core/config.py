@@ -22,6 +22,8 @@ class RefineConfig:
         eta, the SGD step size on the head's weights.
     momentum : float
         SGD momentum (0 is the paper's plain SGD).
+    optimiser : {"sgd", "adam"}
+        SGD with ``momentum`` (the paper's) or Adam (``learning_rate`` is then its step).
     proximity_weight : float
         alpha, the weight of ``||W - W_lambda||_2`` that keeps the tuned head near the
         pre-trained one.
@@ -65,6 +67,39 @@ class RefineConfig:
         The user's paint is ground truth; the head's weights are unaffected, and undo,
         redo and reset restore the scribbles pinned with each state. False shows the
         head's raw output (the paper's prediction).
+    trust_region : bool
+        Keep only the tuned head's changes that are local to a stroke or look like what a
+        stroke corrected; elsewhere the pre-trained head's class stays
+        (:mod:`~napari_scribble_refine.core.trust_region`). False shows the tuned head's
+        output everywhere (the paper's prediction).
+    trust_reach : float
+        A change that touches a stroke of its class is kept up to this many stroke extents
+        from the stroke.
+    spread : bool
+        Keep look-alike changes away from the strokes (the correction spreads to similar
+        errors); False keeps local changes only.
+    spread_confidence : float
+        Least mean probability the tuned head must give a look-alike region's new class.
+    spread_margin : float
+        A look-alike region must be closer to the corrected pixels than to its old class
+        by this factor (its distance to them below ``spread_margin`` times its distance to
+        its old class, in the head's standardised features).
+    type_by_instance : bool
+        For models with several nucleus classes, give every nucleus one class: the class
+        scribbled on it, else the majority of its pixels (a type stroke retypes the whole
+        nucleus).
+    crf_weight : float
+        Strength of the edge-aware CRF applied after the trust region
+        (:mod:`~napari_scribble_refine.core.edge_crf`): decisions follow the image's edges
+        and uncertain regions are decided by their neighbours (0: off). Images (slices)
+        larger than 4096² skip it.
+    crf_radius : int
+        Window radius (px) of the CRF's guided-filter messages.
+    crf_eps : float
+        Edge regularisation of the guided filter (intensities scaled to [0, 1]): edges of
+        contrast well above its square root stop the spreading.
+    crf_iterations : int
+        Mean-field updates of the CRF.
     preview_every : int
         Yield the full prediction every this many iterations (and always at the end).
     seed : int
@@ -76,6 +111,7 @@ class RefineConfig:
     max_iterations: int = 50
     learning_rate: float = 0.1
     momentum: float = 0.5
+    optimiser: str = "sgd"
     proximity_weight: float = 0.01
     n_layers: int = 1
     stop_fraction: float = 1.0
@@ -87,6 +123,16 @@ class RefineConfig:
     grow_max_distance: int = 10
     grow_cap: float = 2.0
     pin_scribbles: bool = True
+    trust_region: bool = True
+    trust_reach: float = 1.0
+    spread: bool = True
+    spread_confidence: float = 0.7
+    spread_margin: float = 1.0
+    type_by_instance: bool = True
+    crf_weight: float = 3.0
+    crf_radius: int = 8
+    crf_eps: float = 0.01
+    crf_iterations: int = 5
     preview_every: int = 5
     seed: int = 0
     device: str = "auto"
@@ -105,6 +151,14 @@ class RefineConfig:
             "keep_weight": self.keep_weight >= 0,
             "grow_cap": self.grow_cap >= 0,
             "preview_every": self.preview_every >= 1,
+            "optimiser": self.optimiser in ("sgd", "adam"),
+            "trust_reach": self.trust_reach > 0,
+            "spread_confidence": 0 <= self.spread_confidence <= 1,
+            "spread_margin": self.spread_margin > 0,
+            "crf_weight": self.crf_weight >= 0,
+            "crf_radius": self.crf_radius >= 1,
+            "crf_eps": self.crf_eps > 0,
+            "crf_iterations": self.crf_iterations >= 1,
         }
         expected = {
             "max_iterations": "an integer >= 1",
@@ -119,12 +173,50 @@ class RefineConfig:
             "keep_weight": "a number >= 0 (0: off)",
             "grow_cap": "a number >= 0 (0: no cap)",
             "preview_every": "an integer >= 1",
+            "optimiser": "'sgd' or 'adam'",
+            "trust_reach": "a number > 0",
+            "spread_confidence": "a number in [0, 1]",
+            "spread_margin": "a number > 0",
+            "crf_weight": "a number >= 0 (0: off)",
+            "crf_radius": "an integer >= 1",
+            "crf_eps": "a number > 0",
+            "crf_iterations": "an integer >= 1",
         }
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(
                     f"RefineConfig.{name} must be {expected[name]}, got {getattr(self, name)!r}"
                 )
+
+    @classmethod
+    def paper(cls, **changes: object) -> RefineConfig:
+        """Return the paper's plain Algorithm 1: mean cross-entropy plus proximity, plain SGD.
+
+        No class balancing, no keep term, grown pixels weigh as painted ones, no pins, no
+        trust region and no per-nucleus typing.
+
+        Parameters
+        ----------
+        **changes
+            Further fields to set.
+
+        Returns
+        -------
+        RefineConfig
+            The configuration.
+        """
+        plain = dict(
+            momentum=0.0,
+            optimiser="sgd",
+            class_balanced=False,
+            grown_weight=1.0,
+            keep_weight=0.0,
+            pin_scribbles=False,
+            trust_region=False,
+            type_by_instance=False,
+            crf_weight=0.0,
+        )
+        return cls().replace(**{**plain, **changes})
 
     def replace(self, **changes: object) -> RefineConfig:
         """Return a copy with some fields changed (validated like a new config).

@@ -13,7 +13,27 @@ Anchor = dict[str, torch.Tensor]
 """The proximity term's reference W: head parameter name -> pre-trained value."""
 
 _KEEP = object()
-"""``push``'s default for ``pins``: carry the current entry's pins over."""
+"""``push``'s default for ``constraints``: carry the current entry's over."""
+
+
+@dataclass(frozen=True, eq=False)
+class Constraints:
+    """The scribbles a head state was tuned on, and how its prediction uses them.
+
+    Attributes
+    ----------
+    scribbles : numpy.ndarray
+        Read-only scribbles (0 none, c + 1 class c; grown ones included).
+    pinned : bool
+        Show them as their class over the prediction (``RefineConfig.pin_scribbles``).
+    settings : object
+        The :class:`~napari_scribble_refine.core.config.RefineConfig` of the refinement
+        (its trust-region and instance-typing settings decide the prediction).
+    """
+
+    scribbles: np.ndarray
+    pinned: bool
+    settings: object
 
 
 @dataclass
@@ -21,7 +41,7 @@ class _Entry:
     label: str
     state: HeadState | None  # None: the model's live weights, not yet copied
     anchor: Anchor
-    pins: np.ndarray | None = None  # scribbles shown over this state's prediction
+    constraints: Constraints | None = None  # scribbles this state was tuned on
 
 
 class HeadHistory:
@@ -70,9 +90,15 @@ class HeadHistory:
         return self._entries[self._pos].anchor
 
     @property
+    def constraints(self) -> Constraints | None:
+        """The scribbles the current state was tuned on (None: none)."""
+        return self._entries[self._pos].constraints
+
+    @property
     def pins(self) -> np.ndarray | None:
         """Scribbles (0 none, c + 1 class c) pinned over the current state's prediction."""
-        return self._entries[self._pos].pins
+        c = self.constraints
+        return c.scribbles if c is not None and c.pinned else None
 
     @property
     def is_pretrained(self) -> bool:
@@ -87,23 +113,26 @@ class HeadHistory:
         if entry.state is None:
             entry.state = self._model.head_state()
 
-    def push_live(self, label: str, pins: np.ndarray | None = None) -> None:
+    def push_live(self, label: str, constraints: Constraints | None = None) -> None:
         """Start a new entry for weights about to change in place (a refinement).
 
         Parameters
         ----------
         label : str
             What makes the change.
-        pins : numpy.ndarray, optional
-            Scribbles to show over the new state's prediction (read-only; kept as given).
+        constraints : Constraints, optional
+            The scribbles the new state is tuned on (kept as given).
         """
         self.freeze()
         self._truncate()
-        self._entries.append(_Entry(label, None, self.anchor, pins))
+        self._entries.append(_Entry(label, None, self.anchor, constraints))
         self._pos += 1
 
     def push(
-        self, label: str, anchor: Anchor | None = None, pins: np.ndarray | None | object = _KEEP
+        self,
+        label: str,
+        anchor: Anchor | None = None,
+        constraints: Constraints | None | object = _KEEP,
     ) -> None:
         """Record the model's current head as a new entry (copied now).
 
@@ -113,9 +142,9 @@ class HeadHistory:
             What made the change.
         anchor : Anchor, optional
             A new proximity reference (after a class was added); default: unchanged.
-        pins : numpy.ndarray or None, optional
-            Scribbles to show over the new state's prediction (None: none); by default the
-            current ones carry over.
+        constraints : Constraints or None, optional
+            The scribbles of the new state (None: none); by default the current ones carry
+            over.
         """
         self.freeze()
         self._truncate()
@@ -124,7 +153,7 @@ class HeadHistory:
                 label,
                 self._model.head_state(),
                 self.anchor if anchor is None else anchor,
-                self.pins if pins is _KEEP else pins,  # type: ignore[arg-type]
+                self.constraints if constraints is _KEEP else constraints,  # type: ignore[arg-type]
             )
         )
         self._pos += 1

@@ -148,3 +148,50 @@ def instance_types(instances: ArrayLike, class_map: ArrayLike) -> dict[int, int]
     """
     ids, classes = metrics.instance_types(np.asarray(instances), np.asarray(class_map))
     return dict(zip(ids.tolist(), classes.tolist(), strict=True))
+
+
+def type_by_instance(
+    instances: np.ndarray, class_map: np.ndarray, scribbles: np.ndarray | None = None
+) -> np.ndarray:
+    """Give every instance one foreground class: the one scribbled on it, else its majority.
+
+    Within an instance, the foreground class with the most scribbled pixels wins; an
+    instance without foreground scribbles takes the majority of its foreground pixels
+    (ties: the smaller class). Background pixels stay background.
+
+    Parameters
+    ----------
+    instances : numpy.ndarray
+        Integer instance labels, 0 = background.
+    class_map : numpy.ndarray
+        Integer classes of the same shape, 0 = background.
+    scribbles : numpy.ndarray, optional
+        Scribbles of the same shape (0 none, c + 1 class c).
+
+    Returns
+    -------
+    numpy.ndarray
+        A new class map (``class_map``'s dtype).
+    """
+    instances = np.asarray(instances)
+    class_map = np.asarray(class_map)
+    out = class_map.copy()
+    inside = (instances > 0) & (class_map > 0)
+    if not inside.any():
+        return out
+    n_cls = int(class_map.max()) + 1
+    if scribbles is not None:
+        n_cls = max(n_cls, int(np.asarray(scribbles).max()))
+    lab = instances[inside].astype(np.int64)
+    n_lab = int(lab.max()) + 1
+    votes = np.bincount(lab * n_cls + class_map[inside], minlength=n_lab * n_cls)
+    votes = votes.reshape(n_lab, n_cls).astype(np.float64)
+    if scribbles is not None:
+        marked = (instances > 0) & (np.asarray(scribbles) > 1)
+        if marked.any():
+            key = instances[marked].astype(np.int64) * n_cls + np.asarray(scribbles)[marked] - 1
+            strong = np.bincount(key, minlength=n_lab * n_cls).reshape(n_lab, n_cls)
+            votes += strong * float(instances.size)  # any scribble outvotes every pixel
+    votes[:, 0] = -1
+    out[inside] = votes.argmax(1)[lab].astype(out.dtype)
+    return out

@@ -260,7 +260,7 @@ def build_batches(
     return batches
 
 
-class _Anchored:
+class Anchored:
     """Context in which the head's parameters hold the anchor's values (restored after)."""
 
     def __init__(self, model: SegmentationModel, anchor: Anchor | None) -> None:
@@ -300,7 +300,7 @@ def _attach_keep(
     total = sum(int(m.sum()) for m in masks)
     if total == 0:
         return
-    with torch.no_grad(), _Anchored(model, anchor):
+    with torch.no_grad(), Anchored(model, anchor):
         for batch, mask in zip(batches, masks, strict=True):
             device = batch.target.device
             batch.keep = model.head(batch.features).float().log_softmax(1).detach()
@@ -349,7 +349,7 @@ def keep_batch(
     device = next(iter(features.values())).device
     zi, yi, xi = (torch.as_tensor(a, device=device) for a in (z, y, x))
     gathered = {k: v[zi, :, yi, xi].t().contiguous()[None, :, None, :] for k, v in features.items()}
-    with torch.no_grad(), _Anchored(model, anchor):
+    with torch.no_grad(), Anchored(model, anchor):
         start = model.head(gathered).float().log_softmax(1).detach()
     n = chosen.size
     target = torch.full((1, 1, n), IGNORE, dtype=torch.long, device=device)

@@ -23,12 +23,15 @@ import torch
 
 from .config import RefineConfig
 from .devices import resolve_device
-from .history import HeadHistory
+from .edge_crf import mean_field
+from .history import Constraints, HeadHistory
+from .optimiser import Adam
 from .images import ImageInfo, validate_image
 from .models.base import SegmentationModel
-from .postprocess import instance_types
+from .postprocess import instance_types, type_by_instance
 from .prediction import class_map_of, head_pieces
 from .refine_loop import (
+    Anchored,
     Batch,
     MomentumSGD,
     build_batches,
@@ -39,6 +42,7 @@ from .refine_loop import (
 )
 from .scribbles import grow_scribbles, validate_scribbles
 from .steps import RefineResult, RefineStep
+from .trust_region import Describe, accepted_changes
 
 __all__ = ["RefineSession"]
 
@@ -59,6 +63,12 @@ def _torch_threads(n: int | None) -> Iterator[None]:
 
 HEAD_CHUNK_PIXELS = 1 << 20
 """Pixels per piece when the head runs over the whole image (bounds memory)."""
+
+CRF_MAX_PIXELS = 4096 * 4096
+"""Larger images (slices) skip the edge-aware CRF: it holds several maps of the whole image."""
+
+FINAL_CACHE_PIXELS = 4096 * 4096
+"""Slices up to this size keep their final log-probabilities until the head changes."""
 
 
 class RefineSession:
@@ -154,6 +164,10 @@ class RefineSession:
         self._prediction: tuple[int, np.ndarray] | None = None
         self._run_token = 0
         self._grow_range: tuple[float, float] | None = None
+        self._before: tuple[object, list[np.ndarray], list[dict[int, np.ndarray]]] | None = None
+        self._accept: tuple[int, list[np.ndarray | None]] | None = None
+        self._feature_stats: list[tuple[np.ndarray, np.ndarray]] = []
+        self._final: tuple[int, dict[int, torch.Tensor]] = (-1, {})
 
     # ------------------------------------------------------------------ basics
     @property
@@ -213,8 +227,8 @@ class RefineSession:
             tile_halo=self.tile_halo,
         )
 
-    def _slice_logits(self, index: int) -> torch.Tensor:
-        """Logits [1, C, Y, X] of one image (slice) on the CPU."""
+    def _raw_logits(self, index: int) -> torch.Tensor:
+        """Logits [1, C, Y, X] of the current head on one image (slice), on the CPU."""
         height, width = self.spatial_shape[-2:]
         out = torch.empty((1, self.n_classes, height, width), dtype=torch.float32)
         for y0, x0, piece in self._head_pieces(index):
@@ -222,16 +236,187 @@ class RefineSession:
             out[0, :, y0 : y0 + h, x0 : x0 + w] = piece.float().cpu()
         return out
 
-    def _compute_class_map(self) -> np.ndarray:
-        """Apply the model's class rule piece by piece, then the pins (int32, whole image)."""
+    def _slice_logits(self, index: int) -> torch.Tensor:
+        """Return the log-probabilities [1, C, Y, X] of one image (slice) as refined.
+
+        The tuned head's where the trust region keeps its change and the pre-trained
+        head's elsewhere, then the edge-aware CRF (both as the refinement's settings say).
+        """
+        version, cache = self._final
+        if version == self._version and index in cache:
+            return cache[index]
+        logits = self._raw_logits(index)
+        accept = self._accept_masks()[index]
+        if accept is not None:
+            with torch.no_grad(), Anchored(self.model, self._history.anchor):
+                before = self._raw_logits(index)
+            logits = torch.where(torch.from_numpy(accept)[None, None], logits, before)
+        cons = self._history.constraints
+        settings = cons.settings if cons is not None else None
+        if self._crf_applies(settings):
+            scribbles = cons.scribbles if self.image_info.is_3d else cons.scribbles[None]
+            q = mean_field(
+                logits[0].log_softmax(0),
+                self._guide(index),
+                scribbles[index],
+                weight=settings.crf_weight,
+                radius=settings.crf_radius,
+                eps=settings.crf_eps,
+                iterations=settings.crf_iterations,
+            )
+            logits = q.clamp_min(1e-12).log()[None]
+        if version != self._version:
+            cache = {}
+        if logits[0, 0].numel() <= FINAL_CACHE_PIXELS:
+            cache[index] = logits
+        self._final = (self._version, cache)
+        return logits
+
+    def _crf_applies(self, settings: object) -> bool:
+        """Whether the edge-aware CRF runs: on, and the image no larger than the CRF's limit."""
         height, width = self.spatial_shape[-2:]
-        n = self.spatial_shape[0] if self.image_info.is_3d else 1
+        return (
+            settings is not None
+            and getattr(settings, "crf_weight", 0) > 0
+            and height * width <= CRF_MAX_PIXELS
+        )
+
+    def _guide(self, index: int) -> torch.Tensor:
+        """Grey image [Y, X] of one slice scaled to about [0, 1] (the CRF's guide)."""
+        if self._grow_range is None:
+            from .region_growing import robust_intensity_range
+
+            channel_axis = -1 if self.image_info.is_rgb else None
+            self._grow_range = robust_intensity_range(self._image, channel_axis=channel_axis)
+        low, high = self._grow_range
+        plane = self._image[index] if self.image_info.is_3d else self._image
+        grey = plane.mean(-1) if self.image_info.is_rgb else plane
+        return torch.from_numpy(((grey - low) / (high - low)).astype(np.float32))
+
+    def _maps(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Class map (int32) and the probability of each pixel's class (float32), one slice."""
+        height, width = self.spatial_shape[-2:]
+        classes = np.empty((height, width), dtype=np.int32)
+        prob = np.empty((height, width), dtype=np.float32)
+        for y0, x0, piece in self._head_pieces(index):
+            h, w = piece.shape[-2:]
+            piece = piece.float().cpu()
+            cls = class_map_of(self.model, piece)
+            classes[y0 : y0 + h, x0 : x0 + w] = cls
+            chosen = piece.softmax(0).gather(0, torch.from_numpy(cls).long()[None])[0]
+            prob[y0 : y0 + h, x0 : x0 + w] = chosen.numpy()
+        return classes, prob
+
+    def _n_slices(self) -> int:
+        return self.spatial_shape[0] if self.image_info.is_3d else 1
+
+    def _pixel_features(self, index: int, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+        """Gather the head's features (F, k) of slice ``index`` at pixels (ys, xs), unscaled."""
+        keys = self.model.pixel_feature_keys(self.features)
+        yi, xi = torch.as_tensor(ys), torch.as_tensor(xs)
+        parts = [self.features[k][index][:, yi, xi].float().cpu() for k in keys]
+        return torch.cat(parts).numpy()
+
+    def _describe(self, index: int) -> Describe:
+        """Standardised head features of one slice at a mask's pixels (trust region)."""
+        while len(self._feature_stats) <= index:
+            i = len(self._feature_stats)
+            height, width = self.spatial_shape[-2:]
+            step = max(1, int(np.sqrt(height * width / 65536)))  # a grid sample is enough
+            ys, xs = np.mgrid[0:height:step, 0:width:step]
+            sample = self._pixel_features(i, ys.ravel(), xs.ravel())
+            std = sample.std(1)
+            std[std == 0] = 1.0
+            self._feature_stats.append((sample.mean(1), std))
+        mean, std = self._feature_stats[index]
+
+        def describe(mask: np.ndarray) -> np.ndarray:
+            ys, xs = np.nonzero(mask)
+            return (self._pixel_features(index, ys, xs) - mean[:, None]) / std[:, None]
+
+        return describe
+
+    def _pretrained_maps(self) -> tuple[list[np.ndarray], list[dict[int, np.ndarray]]]:
+        """Class maps of the anchor (pre-trained) head and each class's mean feature."""
+        anchor = self._history.anchor
+        if self._before is None or self._before[0] is not anchor:
+            maps, means = [], []
+            with Anchored(self.model, anchor):
+                for index in range(self._n_slices()):
+                    classes = self._maps(index)[0]
+                    describe = self._describe(index)
+                    per_class = {}
+                    for c in np.unique(classes):
+                        mask = classes == c
+                        step = max(1, int(mask.sum()) // 20000)  # a sample is enough
+                        ys, xs = np.nonzero(mask)
+                        sample = np.zeros_like(mask)
+                        sample[ys[::step], xs[::step]] = True
+                        per_class[int(c)] = describe(sample).mean(1)
+                    maps.append(classes)
+                    means.append(per_class)
+            self._before = (anchor, maps, means)
+        return self._before[1], self._before[2]
+
+    def _accept_masks(self) -> list[np.ndarray | None]:
+        """Per slice, where the trust region keeps the tuned head (None: everywhere)."""
+        if self._accept is not None and self._accept[0] == self._version:
+            return self._accept[1]
+        n = self._n_slices()
+        masks: list[np.ndarray | None] = [None] * n
+        cons = self._history.constraints
+        settings = cons.settings if cons is not None else None
+        if settings is not None and getattr(settings, "trust_region", False):
+            before, means = self._pretrained_maps()
+            scribbles = cons.scribbles if self.image_info.is_3d else cons.scribbles[None]
+            for index in range(n):
+                after, prob = self._maps(index)
+                masks[index] = accepted_changes(
+                    before[index],
+                    after,
+                    scribbles[index],
+                    self._describe(index),
+                    means[index],
+                    prob,
+                    reach=settings.trust_reach,
+                    confidence=settings.spread_confidence,
+                    margin=settings.spread_margin,
+                    spread=settings.spread,
+                )
+        self._accept = (self._version, masks)
+        return masks
+
+    def _compute_class_map(self) -> np.ndarray:
+        """Decide the classes of the whole image (int32).
+
+        The model's class rule on the current head, the trust region (or the CRF on the
+        trust region's log-probabilities), one class per nucleus, then the pins.
+        """
+        n = self._n_slices()
+        height, width = self.spatial_shape[-2:]
         class_map = np.empty((n, height, width), dtype=np.int32)
+        accept = self._accept_masks()
+        cons = self._history.constraints
+        crf = self._crf_applies(cons.settings if cons is not None else None)
         for index in range(n):
-            for y0, x0, piece in self._head_pieces(index):
-                h, w = piece.shape[-2:]
-                class_map[index, y0 : y0 + h, x0 : x0 + w] = class_map_of(
-                    self.model, piece.float().cpu()
+            if crf:
+                class_map[index] = class_map_of(self.model, self._slice_logits(index)[0])
+                continue
+            after = self._maps(index)[0]
+            if accept[index] is not None:
+                before = self._pretrained_maps()[0][index]
+                after = np.where(accept[index], after, before)
+            class_map[index] = after
+        if (
+            cons is not None
+            and getattr(cons.settings, "type_by_instance", False)
+            and self.n_classes > 2
+        ):
+            scribbles = cons.scribbles if self.image_info.is_3d else cons.scribbles[None]
+            labels = self._instance_labels(class_map)
+            for index in range(n):
+                class_map[index] = type_by_instance(
+                    labels[index], class_map[index], scribbles[index]
                 )
         class_map = class_map if self.image_info.is_3d else class_map[0]
         pins = self._history.pins
@@ -291,15 +476,22 @@ class RefineSession:
             Instance label -> its class: the adapter's ``instance_types`` rule when it has
             one, else the majority foreground class in the class map.
         """
+        class_map = self.prediction
+        planes = class_map if self.image_info.is_3d else class_map[None]
+        labels = self._instance_labels(planes)
+        result = labels if self.image_info.is_3d else labels[0]
+        return result, self._instance_classes(result, class_map)
+
+    def _instance_labels(self, planes: np.ndarray) -> np.ndarray:
+        """Instances (N, Y, X) of class maps (N, Y, X), ids unique over the stack."""
         from .postprocess import class_map_to_instances
 
-        class_map = self.prediction
         method = self.model.instances
         if getattr(method, "__func__", None) is SegmentationModel.instances:
             # no model-specific post-processing: one watershed over the image or stack
-            result = np.asarray(class_map_to_instances(class_map)).astype(np.int32)
-            return result, self._instance_classes(result, class_map)
-        planes = class_map if self.image_info.is_3d else class_map[None]
+            whole = planes if self.image_info.is_3d else planes[0]
+            result = np.asarray(class_map_to_instances(whole)).astype(np.int32)
+            return result if self.image_info.is_3d else result[None]
         labels = []
         offset = 0
         for index, plane in enumerate(planes):
@@ -312,8 +504,7 @@ class RefineSession:
                 own = np.where(own > 0, own + offset, 0).astype(np.int32)
             offset = max(offset, int(own.max(initial=0)))
             labels.append(own)
-        result = np.stack(labels) if self.image_info.is_3d else labels[0]
-        return result, self._instance_classes(result, class_map)
+        return np.stack(labels)
 
     def _instance_classes(self, labels: np.ndarray, class_map: np.ndarray) -> dict[int, int]:
         rule = getattr(self.model, "instance_types", None)
@@ -440,7 +631,7 @@ class RefineSession:
         return grown, grown
 
     def refine(
-        self, scribbles: np.ndarray, *, config: RefineConfig | None = None
+        self, scribbles: np.ndarray, *, config: RefineConfig | None = None, previews: bool = True
     ) -> Generator[RefineStep, None, RefineResult]:
         """Tune the head until the scribbles are predicted (Algorithm 1), step by step.
 
@@ -458,6 +649,9 @@ class RefineSession:
         config : RefineConfig, optional
             Settings for this refinement only (default: :attr:`config`); its ``device`` and
             ``n_layers`` are ignored (both were fixed when the session started).
+        previews : bool
+            Put the whole prediction in every ``preview_every``-th step (False: only in the
+            final one, which saves a prediction per preview).
 
         Yields
         ------
@@ -503,37 +697,41 @@ class RefineSession:
             seed=cfg.seed,
             anchor=self._history.anchor,
         )
-        pins = None
-        if cfg.pin_scribbles:
-            current = self._history.pins
-            if current is not None and np.array_equal(current, used):
-                pins = current  # the history shares one array between equal entries
-            else:  # a copy (later edits of the layer change nothing), 1 byte per pixel
-                pins = used.astype(np.uint8 if self.n_classes < 255 else np.int32)
-                pins.setflags(write=False)
-        return self._loop(cfg, batches, n_scribbled, token, grown, pins)
+        current = self._history.constraints
+        if current is not None and np.array_equal(current.scribbles, used):
+            marks = current.scribbles  # the history shares one array between equal entries
+        else:  # a copy (later edits of the layer change nothing), 1 byte per pixel
+            marks = used.astype(np.uint8 if self.n_classes < 255 else np.int32)
+            marks.setflags(write=False)
+        constraints = Constraints(marks, bool(cfg.pin_scribbles), cfg)
+        every = cfg.preview_every if previews else 0
+        return self._loop(cfg, batches, n_scribbled, token, grown, constraints, every)
 
-    def _stale_pins(self, pins: np.ndarray | None, violations: int) -> bool:
-        """Whether a refinement that took no step must still change the pinned scribbles.
+    def _stale_constraints(self, constraints: Constraints, violations: int) -> bool:
+        """Whether a refinement that took no step must still record its scribbles.
 
         Parameters
         ----------
-        pins : numpy.ndarray or None
-            This refinement's pins.
+        constraints : Constraints
+            This refinement's scribbles and settings.
         violations : int
             Its scribbled pixels that the head predicts wrongly.
 
         Returns
         -------
         bool
-            True when the current state shows other pins than ``pins``; without current
-            pins, only when some of ``pins`` are not predicted as pinned (the stop fraction
-            allowed it), since pinning changes nothing otherwise.
+            True when the current state records other scribbles or settings; without
+            recorded scribbles, only when pinning would change what is shown (some of
+            ``constraints`` are not predicted as scribbled).
         """
-        current = self._history.pins
+        current = self._history.constraints
         if current is None:
-            return pins is not None and violations > 0
-        return pins is not current  # refine() reuses the current array when they are equal
+            return constraints.pinned and violations > 0
+        return (  # refine() reuses the current array when the scribbles are equal
+            current.scribbles is not constraints.scribbles
+            or current.pinned != constraints.pinned
+            or current.settings != constraints.settings
+        )
 
     def _no_op(self) -> Generator[RefineStep, None, RefineResult]:
         prediction = self.predict()
@@ -555,14 +753,18 @@ class RefineSession:
         n_scribbled: int,
         token: int,
         grown: np.ndarray | None,
-        pins: np.ndarray | None,
+        constraints: Constraints,
+        preview_every: int,
     ) -> Generator[RefineStep, None, RefineResult]:
         start = time.perf_counter()
         self.model.network.eval()
         params = [p for _, p in self.model.head_module.named_parameters()]
         named = list(self.model.head_module.named_parameters())
         anchor = self._history.anchor
-        optimiser = MomentumSGD(params, lr=cfg.learning_rate, momentum=cfg.momentum)
+        if cfg.optimiser == "adam":
+            optimiser: MomentumSGD | Adam = Adam(params, lr=cfg.learning_rate)
+        else:
+            optimiser = MomentumSGD(params, lr=cfg.learning_rate, momentum=cfg.momentum)
         steps, stop_reason = 0, "max_iterations"
         loss = 0.0
         violations = n_scribbled
@@ -591,13 +793,15 @@ class RefineSession:
                     if cfg.proximity_weight > 0:
                         (cfg.proximity_weight * prox).backward()
                     if steps == 0:
-                        self._history.push_live("refine", pins)
+                        self._history.push_live("refine", constraints)
                     optimiser.step()
                 for p in params:
                     p.requires_grad_(False)
                 steps += 1
                 self._version += 1
-                preview = self.predict() if steps % cfg.preview_every == 0 else None
+                preview = None
+                if preview_every and steps % preview_every == 0:
+                    preview = self.predict()
                 yield RefineStep(
                     steps,
                     loss,
@@ -613,14 +817,14 @@ class RefineSession:
                 p.grad = None
         if stop_reason != "superseded":
             self._history.freeze()
-            if steps == 0 and self._stale_pins(pins, violations):
+            if steps == 0 and self._stale_constraints(constraints, violations):
                 # no step, so no new state, but the scribbles shown must be this run's
-                self._history.push("refine", pins=pins)
+                self._history.push("refine", constraints=constraints)
                 self._version += 1
         prediction = self.predict()
         elapsed = time.perf_counter() - start
         yield RefineStep(steps, loss, violations, n_scribbled, prediction, True, elapsed)
-        shown = " (shown as scribbled)" if pins is not None and violations else ""
+        shown = " (shown as scribbled)" if constraints.pinned and violations else ""
         messages = {
             "converged": f"All but {violations} of {n_scribbled} scribbled pixels predicted "
             f"as scribbled after {steps} step(s){shown}.",
@@ -659,7 +863,7 @@ class RefineSession:
         RefineResult
             The outcome.
         """
-        generator = self.refine(scribbles, config=config)
+        generator = self.refine(scribbles, config=config, previews=False)
         while True:
             try:
                 next(generator)

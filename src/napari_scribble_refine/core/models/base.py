@@ -121,6 +121,21 @@ class SegmentationModel(ABC):
         # channels-last makes the reduction contiguous: several times faster than argmax(1)
         return logits.permute(0, 2, 3, 1).contiguous().argmax(-1)
 
+    def pixel_feature_keys(self, features: Features) -> list[str]:
+        """Name the cached tensors that say what a pixel looks like (the trust region's space).
+
+        Parameters
+        ----------
+        features : Features
+            Cached tensors [N, F_k, Y, X].
+
+        Returns
+        -------
+        list of str
+            Keys of ``features``; by default all of them.
+        """
+        return list(features)
+
     @abstractmethod
     def add_class(self, name: str, init_from: int) -> None:
         """Grow the head's last layer by one output class.

@@ -476,6 +476,21 @@ class HoVerNetModel(SegmentationModel):
         log_np = F.log_softmax(np_logits[:, :2], dim=1)
         return torch.cat([log_np[:, :1], log_np[:, 1:2] + F.log_softmax(split, dim=1)], dim=1)
 
+    def pixel_feature_keys(self, features: Features) -> list[str]:
+        """Name the NP (and TP) head inputs; the HV map says where a pixel is, not what.
+
+        Parameters
+        ----------
+        features : Features
+            Cached tensors.
+
+        Returns
+        -------
+        list of str
+            ``["np"]`` or ``["np", "tp"]``.
+        """
+        return [b for b in self._branches() if b in features]
+
     def class_map(self, logits: torch.Tensor) -> torch.Tensor:
         """Nucleus where the NP branch says so, then its most likely class (HoVer-Net's rule).
 

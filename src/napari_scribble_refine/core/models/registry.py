@@ -20,7 +20,13 @@ from typing import Any
 
 from .base import SegmentationModel
 
-__all__ = ["BUILTIN_MODELS", "available_models", "builtin_weights", "load_model"]
+__all__ = [
+    "BUILTIN_MODELS",
+    "available_models",
+    "builtin_weights",
+    "default_model",
+    "load_model",
+]
 
 BUILTIN_MODELS: dict[str, tuple[str, str]] = {
     "hovernet-fluo": (
@@ -49,6 +55,22 @@ def available_models() -> dict[str, str]:
         ``{name: description}``.
     """
     return {name: description for name, (_, description) in BUILTIN_MODELS.items()}
+
+
+def default_model(rgb: bool) -> str:
+    """Name the built-in model for an image: H&E for colour images, greyscale otherwise.
+
+    Parameters
+    ----------
+    rgb : bool
+        Whether the image is colour.
+
+    Returns
+    -------
+    str
+        A key of :data:`BUILTIN_MODELS`.
+    """
+    return "hovernet-he" if rgb else "hovernet-fluo"
 
 
 def builtin_weights(name: str):

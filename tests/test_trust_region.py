@@ -1,0 +1,125 @@
+"""The refinement's guards: trust region, one class per nucleus, the edge-aware CRF."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from _tiny_nets import fraction, scribble_disks
+
+from napari_scribble_refine.core.edge_crf import box_mean, mean_field
+from napari_scribble_refine.core.postprocess import type_by_instance
+from napari_scribble_refine.core.session import RefineSession
+from napari_scribble_refine.core.trust_region import accepted_changes
+
+
+def _describe(features: np.ndarray):
+    return lambda mask: features[:, mask]
+
+
+def test_local_change_is_kept_within_the_strokes_reach():
+    before = np.zeros((40, 120), np.int32)
+    after = before.copy()
+    after[10:30, 5:115] = 1  # the tuned head turned a long band into nucleus
+    scribbles = np.zeros_like(before)
+    scribbles[20, 10:20] = 2  # a 10 px nucleus stroke at the band's left end
+    accept = accepted_changes(before, after, scribbles, reach=1.0, min_reach=4)
+    assert accept[20, 12] and accept[20, 28]  # within one stroke extent (10 px)
+    assert not accept[20, 40] and not accept[20, 110]  # farther along the band: reverted
+    assert not accept[~(after == 1)].any()  # nothing unchanged is "accepted"
+
+
+def test_far_change_is_kept_only_when_it_looks_like_the_correction():
+    before = np.zeros((40, 120), np.int32)
+    before[5:15, 60:70] = 1  # a nucleus the pre-trained head found
+    after = before.copy()
+    after[25:35, 5:15] = 1  # the stroke's own error, fixed
+    after[25:35, 50:60] = 1  # a look-alike, far away
+    after[25:35, 95:105] = 1  # a region that looks like background
+    scribbles = np.zeros_like(before)
+    scribbles[30, 8:12] = 2
+    features = np.zeros((2, 40, 120), np.float32)
+    features[0, 25:35, 5:15] = 1.0  # the corrected pixels' look
+    features[0, 25:35, 50:60] = 0.9
+    prob = np.full(before.shape, 0.95, np.float32)
+    means = {0: np.zeros(2), 1: np.array([0.0, 1.0])}
+    accept = accepted_changes(before, after, scribbles, _describe(features), means, prob)
+    assert accept[25:35, 5:15].all()  # local
+    assert accept[25:35, 50:60].all()  # looks like the correction: spread
+    assert not accept[25:35, 95:105].any()  # looks like background: reverted
+    unsure = prob.copy()
+    unsure[25:35, 50:60] = 0.55
+    accept = accepted_changes(before, after, scribbles, _describe(features), means, unsure)
+    assert not accept[25:35, 50:60].any()  # the tuned head is not confident there
+    local_only = accepted_changes(
+        before, after, scribbles, _describe(features), means, prob, spread=False
+    )
+    assert not local_only[25:35, 50:60].any()
+
+
+def test_trust_region_holds_confident_far_pixels(model2, scene, config):
+    image, kinds = scene
+    scribbles = np.zeros(kinds.shape, np.int32)
+    scribble_disks(scribbles, kinds, 1, [0], value=1)  # "this bright disk is background"
+    # a hard push with nothing to hold the rest: the head flips other bright disks too
+    hard = config.replace(keep_weight=0.0, learning_rate=0.2, momentum=0.9, max_iterations=80)
+    others = (kinds == 1) & ndi_label_except(kinds, scribbles)
+    free = RefineSession(model2, image, hard).run(scribbles)
+    assert fraction(free.prediction, others, 1) < 0.5  # the mechanism below is needed
+    held = RefineSession(model2, image, hard.replace(trust_region=True, spread=False))
+    result = held.run(scribbles)
+    assert fraction(result.prediction, others, 1) > 0.98  # far nuclei stay nuclei
+    assert np.all(result.prediction[scribbles == 1] == 0)
+
+
+def ndi_label_except(kinds: np.ndarray, scribbles: np.ndarray) -> np.ndarray:
+    """Pixels of disks that carry no scribble."""
+    from scipy import ndimage as ndi
+
+    lab, _ = ndi.label(kinds > 0)
+    hit = np.unique(lab[scribbles > 0])
+    return ~np.isin(lab, hit[hit > 0])
+
+
+def test_type_stroke_retypes_the_whole_instance():
+    instances = np.zeros((20, 40), np.int32)
+    instances[2:12, 2:12] = 1
+    instances[2:12, 20:30] = 2
+    classes = np.where(instances > 0, 1, 0).astype(np.int32)
+    classes[2:5, 2:12] = 2  # a few pixels of instance 1 already say class 2
+    classes[2:12, 24:30] = 3  # instance 2: majority 3 (60 of 100 pixels)
+    scribbles = np.zeros_like(classes)
+    scribbles[8, 4:7] = 3 + 1  # three pixels: "instance 1 is class 3"
+    out = type_by_instance(instances, classes, scribbles)
+    assert np.all(out[instances == 1] == 3)  # retyped whole by the stroke
+    assert np.all(out[instances == 2] == 3)  # no stroke: its majority
+    assert np.all(out[instances == 0] == 0)
+    assert classes[2, 2] == 2  # the input is not modified
+    no_stroke = type_by_instance(instances, classes)
+    assert np.all(no_stroke[instances == 1] == 1)  # majority 1 (70 of 100)
+
+
+def test_box_mean_matches_average_pooling():
+    x = torch.rand(3, 23, 31, dtype=torch.float64)
+    for radius in (1, 4, 15):
+        ref = F.avg_pool2d(
+            x[None], 2 * radius + 1, stride=1, padding=radius, count_include_pad=False
+        )[0]
+        torch.testing.assert_close(box_mean(x, radius), ref)
+
+
+def test_crf_moves_an_uncertain_boundary_onto_the_image_edge():
+    guide = torch.zeros(40, 80)
+    guide[:, 40:] = 1.0  # a strong vertical edge at x = 40
+    p1 = torch.full((40, 80), 0.2)
+    p1[:, :46] = 0.65  # the head's nucleus overshoots the edge by 6 px, unsure
+    log_probs = torch.stack([1 - p1, p1]).log()
+    scribbles = np.zeros((40, 80), np.int32)
+    scribbles[20, 70] = 2  # one pixel scribbled as nucleus far right: kept as scribbled
+    q = mean_field(log_probs, guide, scribbles, weight=6.0, radius=8, eps=0.01, iterations=5)
+    decided = q.argmax(0)
+    assert (decided[:, :40] == 1).all()  # the nucleus side of the edge stays nucleus
+    assert (decided[:, 40:46] == 0).all()  # the overshoot across the edge is removed
+    assert decided[20, 70] == 1
+    flat = mean_field(log_probs, guide, None, weight=0.0)
+    torch.testing.assert_close(flat, log_probs.softmax(0))
