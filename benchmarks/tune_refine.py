@@ -52,6 +52,10 @@ VARIANTS: dict[str, dict] = {
     "default": {},
     "paper": {"paper": True},
     "no-trust": {"trust_region": False, "type_by_instance": False},
+    "spread": {"spread": True},
+    "spread-margin0.6": {"spread": True, "spread_margin": 0.6},
+    "not-similar": {"local_similar": False},
+    "reach-1": {"trust_reach": 1.0},
     "no-spread": {"spread": False},
     "no-grow": {"region_growing": False},
     "no-type-vote": {"type_by_instance": False},
@@ -67,12 +71,16 @@ VARIANTS: dict[str, dict] = {
     "adam-0.03": {"optimiser": "adam", "learning_rate": 0.03},
     "fit-hard": {"learning_rate": 0.3, "max_iterations": 100, "keep_weight": 0.5},
     "margin-0.8": {"spread_margin": 0.8},
+    "no-spread-similar": {"spread": False, "local_similar": True},
+    "no-spread-similar-reach0.5": {"spread": False, "local_similar": True, "trust_reach": 0.5},
+    "similar-margin0.6": {"local_similar": True, "spread_margin": 0.6},
     "margin-0.6": {"spread_margin": 0.6},
     "frozen-head": {"learning_rate": 1e-12, "max_iterations": 1},
     "crf-w10": {"crf_weight": 10.0},
     "crf-w6-it10": {"crf_weight": 6.0, "crf_iterations": 10},
     "crf-w6-r16": {"crf_weight": 6.0, "crf_radius": 16},
     "crf-w6-eps0.003": {"crf_weight": 6.0, "crf_eps": 0.003},
+    "crf-w10-r16": {"crf_weight": 10.0, "crf_radius": 16},
     "crf-w1": {"crf_weight": 1.0},
     "crf-w6": {"crf_weight": 6.0},
     "crf-r4": {"crf_radius": 4},
@@ -82,12 +90,21 @@ VARIANTS: dict[str, dict] = {
 }
 """Named ``RefineConfig`` changes (``{"paper": True}``: :meth:`RefineConfig.paper`)."""
 
+BASES: dict[str, dict] = {
+    "current": {},
+    "before-tuning": {"spread": True, "trust_reach": 1.0, "local_similar": False},
+}
+"""Settings the variants change: today's defaults, or those before the tuning of
+2026-12-01 (sweeps A and B of ``benchmarks/notes.md`` ran from them)."""
 
-def variant_config(name: str, seed: int) -> RefineConfig:
-    """Return the config of a named variant (CPU, seeded)."""
+
+def variant_config(name: str, seed: int, base: str = "current") -> RefineConfig:
+    """Return the config of a named variant on a base (CPU, seeded)."""
     changes = dict(VARIANTS[name])
-    base = RefineConfig.paper() if changes.pop("paper", False) else RefineConfig()
-    return base.replace(seed=seed, device="cpu", **changes)
+    start = RefineConfig.paper() if changes.pop("paper", False) else RefineConfig()
+    if not VARIANTS[name].get("paper"):
+        start = start.replace(**BASES[base])
+    return start.replace(seed=seed, device="cpu", **changes)
 
 
 def group_of(sample_id: str, source: str) -> str:
@@ -116,7 +133,7 @@ def run_sample(group: str, folder: Path, args: argparse.Namespace, models: dict)
     if kind not in models:
         models[kind] = load_model(args.rgb_model if sample.rgb else args.grey_model)
     model = models[kind]
-    session = RefineSession(model, sample.image, variant_config("default", args.seed))
+    session = RefineSession(model, sample.image, variant_config("default", args.seed, args.base))
     model_probs = softmax_probabilities(session.logits())
     space = class_space(model.class_names, sample)
     initial = space.lut[session.prediction].astype(np.uint8)
@@ -131,7 +148,7 @@ def run_sample(group: str, folder: Path, args: argparse.Namespace, models: dict)
     methods = {f"ours:{v}": v for v in args.variants} | {b: b for b in args.baselines}
     for name, key in methods.items():
         if name.startswith("ours:"):
-            cfg = variant_config(key, args.seed)
+            cfg = variant_config(key, args.seed, args.base)
 
             def factory(p: Problem, cfg: RefineConfig = cfg) -> OursVariant:
                 return OursVariant(session, cfg, space, model_probs)
@@ -191,6 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=DATA)
     p.add_argument("--variants", default="default,no-trust")
+    p.add_argument("--base", choices=sorted(BASES), default="current")
     p.add_argument("--baselines", default="paint-only")
     p.add_argument("--groups", default=",".join(GROUPS))
     p.add_argument("--per-group", type=int, default=12)

@@ -188,16 +188,34 @@ _RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0
 _HED_FROM_RGB = np.linalg.inv(_RGB_FROM_HED)
 
 
-def augment_he(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Stain (H, E, DAB), brightness, contrast and saturation jitter of an RGB uint8 crop."""
+STAIN = {
+    "mild": {"hed_scale": 0.25, "hed_shift": 0.04, "saturation": 0.3, "grey": 0.0, "gamma": 0.0},
+    "strong": {"hed_scale": 0.45, "hed_shift": 0.08, "saturation": 0.6, "grey": 0.2, "gamma": 0.3},
+}
+"""Colour augmentation of H&E crops: ``mild`` (the first real-data stage) and ``strong``
+(the second: stains of other labs, pale and bluish slides, grey renderings)."""
+
+
+def augment_he(image: np.ndarray, rng: np.random.Generator, stain: str = "mild") -> np.ndarray:
+    """Stain (H, E, DAB), brightness, contrast and saturation jitter of an RGB uint8 crop.
+
+    ``strong`` adds per-channel gamma and, now and then, a grey rendering.
+    """
+    k = STAIN[stain]
     rgb = np.maximum(image.astype(np.float32), 1.0) / 255.0
     od = -np.log(rgb)
     hed = od @ _HED_FROM_RGB
-    hed = hed * rng.uniform(0.75, 1.25, 3) + rng.uniform(-0.04, 0.04, 3)
-    rgb = np.exp(-(hed @ _RGB_FROM_HED))
+    hed = hed * rng.uniform(1 - k["hed_scale"], 1 + k["hed_scale"], 3)
+    hed = hed + rng.uniform(-k["hed_shift"], k["hed_shift"], 3)
+    rgb = np.clip(np.exp(-(hed @ _RGB_FROM_HED)), 0, 1)
+    if rng.random() < k["gamma"]:
+        rgb = rgb ** np.exp(rng.uniform(np.log(0.7), np.log(1.4), 3))
     rgb = rgb * rng.uniform(0.85, 1.15) + rng.uniform(-0.08, 0.08)  # contrast, brightness
     grey = rgb.mean(-1, keepdims=True)
-    rgb = grey + (rgb - grey) * rng.uniform(0.7, 1.3)  # saturation
+    if rng.random() < k["grey"]:
+        rgb = np.repeat(grey, 3, axis=-1)
+    else:
+        rgb = grey + (rgb - grey) * rng.uniform(1 - k["saturation"], 1 + k["saturation"])
     return np.clip(rgb * 255, 0, 255).astype(np.uint8)
 
 
@@ -211,7 +229,9 @@ def augment_grey(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(x * 255, 0, 255).astype(np.uint8)
 
 
-def make_example(item: Item, rng: np.random.Generator, crop: int, rgb: bool) -> dict:
+def make_example(
+    item: Item, rng: np.random.Generator, crop: int, rgb: bool, stain: str = "mild"
+) -> dict:
     """One augmented crop of an image: input, NP, HV and TP targets."""
     zoom = float(np.exp(rng.uniform(np.log(0.55), np.log(1.8))))
     if item.group == "consep":  # 40x: real H&E also comes at 20x
@@ -240,7 +260,7 @@ def make_example(item: Item, rng: np.random.Generator, crop: int, rgb: bool) -> 
         arrays = [a[:, ::-1] for a in arrays]
     image, labels = (np.ascontiguousarray(a) for a in arrays[:2])
     types = np.ascontiguousarray(arrays[2]) if types is not None else None
-    image = augment_he(image, rng) if rgb else augment_grey(image, rng)
+    image = augment_he(image, rng, stain) if rgb else augment_grey(image, rng)
     if rng.random() < 0.2:
         sigma = rng.uniform(0.4, 1.2)
         image = ndi.gaussian_filter(image, (sigma, sigma) + (0,) * (image.ndim - 2))
@@ -263,7 +283,12 @@ def make_example(item: Item, rng: np.random.Generator, crop: int, rgb: bool) -> 
 
 
 def make_batch(
-    items: dict[str, list[Item]], recipe: dict, seed: int, step: int, crop: int
+    items: dict[str, list[Item]],
+    recipe: dict,
+    seed: int,
+    step: int,
+    crop: int,
+    stain: str = "mild",
 ) -> dict[str, torch.Tensor]:
     """Batch ``step``: the recipe's mix of groups, a pure function of (seed, step)."""
     rng = np.random.default_rng([seed, step])
@@ -272,7 +297,7 @@ def make_batch(
         pool = items[group]
         for _ in range(n):
             item = pool[int(rng.integers(len(pool)))]
-            examples.append(make_example(item, rng, crop, recipe["rgb"]))
+            examples.append(make_example(item, rng, crop, recipe["rgb"], stain))
     return {k: torch.from_numpy(np.stack([e[k] for e in examples])) for k in examples[0]}
 
 
@@ -384,7 +409,9 @@ def train(args: argparse.Namespace) -> None:
     running: dict[str, float] = {}
     net.train()
     for step in range(start, args.steps):
-        batch = make_batch(train_items, recipe, recipe["seed"], step, args.crop)
+        batch = make_batch(
+            train_items, recipe, recipe["seed"] + args.stage - 1, step, args.crop, args.stain
+        )
         batch = {k: v.to(device) for k, v in batch.items()}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             out = net(batch["image"])
@@ -417,6 +444,9 @@ def train(args: argparse.Namespace) -> None:
                 },
                 state_path,
             )  # fmt: skip
+        if args.stop_after is not None and done >= args.stop_after:
+            print(f"stopped after step {done} (--stop-after); rerun to resume", flush=True)
+            return
     train_s = time.perf_counter() - t0
     net.load_state_dict(torch.load(scratch / f"{args.model}-best.pt", weights_only=True))
     finish(net.cpu().eval(), recipe, args, history, best, train_s)
@@ -431,10 +461,17 @@ def finish(
         "description": recipe["description"],
         "training": json.dumps(
             {
-                "data": "../shared/data/train (DSB2018 CC0; CoNSeP research use only, cite "
-                "Graham et al. 2019) less benchmarks/splits/validation.txt",
+                "data": "../shared/data/train less benchmarks/splits/validation.txt: "
+                + ", ".join(recipe["mix"])
+                + (
+                    " (CoNSeP: research use only, cite Graham et al. 2019; DSB2018: CC0)"
+                    if recipe["rgb"]
+                    else " (DSB2018, CC0)"
+                ),
                 "mix": recipe["mix"],
                 "init_from": Path(args.init_from).name if args.init_from else None,
+                "stage": args.stage,
+                "stain": args.stain,
                 "steps": args.steps,
                 "best_step": best["step"],
                 "batch": sum(recipe["mix"].values()),
@@ -478,6 +515,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--val-every", type=int, default=250)
     p.add_argument("--val-per-group", type=int, default=16)
+    p.add_argument("--stain", choices=sorted(STAIN), default="mild", help="H&E colour jitter")
+    p.add_argument("--stage", type=int, default=1, help="real-data stage (new batches)")
+    p.add_argument("--stop-after", type=int, help="stop after this step (an interruption)")
     p.add_argument("--split-only", action="store_true", help="write the split and stop")
     args = p.parse_args(argv)
     if args.split_only:

@@ -123,3 +123,25 @@ def test_crf_moves_an_uncertain_boundary_onto_the_image_edge():
     assert decided[20, 70] == 1
     flat = mean_field(log_probs, guide, None, weight=0.0)
     torch.testing.assert_close(flat, log_probs.softmax(0))
+
+
+def test_session_type_stroke_retypes_one_nucleus_whole(model3, scene, config):
+    image, kinds = scene
+    session = RefineSession(model3, image, config)
+    before = session.predict()
+    from scipy import ndimage as ndi
+
+    disks, _ = ndi.label(kinds == 1)
+    target = disks == 1
+    assert fraction(before, target, 1) > 0.9  # the model calls the bright disk "nucleus"
+    scribbles = np.zeros(kinds.shape, np.int32)
+    ys, xs = np.nonzero(ndi.binary_erosion(target, iterations=2))
+    scribbles[ys[:6], xs[:6]] = 3  # a few pixels: "this nucleus is 'other'"
+    tiny = config.replace(max_iterations=1, learning_rate=1e-6)  # the head barely moves
+    typed = session.run(scribbles, config=tiny.replace(type_by_instance=True))
+    assert fraction(typed.prediction, target, 2) > 0.9  # the whole nucleus is retyped
+    others = (kinds == 1) & ~target
+    assert fraction(typed.prediction, others, 1) > 0.9  # the other nuclei keep their type
+    session.reset()
+    plain = session.run(scribbles, config=tiny)
+    assert fraction(plain.prediction, target, 2) < 0.2  # without it, only the pins change

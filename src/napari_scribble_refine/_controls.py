@@ -72,6 +72,21 @@ class RefineSettings(Container):
             tooltip="Scribbled (and grown) pixels keep their class in the refined prediction,"
             " even where the tuned layers predict otherwise.",
         )  # fmt: skip
+        self.trust_region = CheckBox(
+            text="Change only near strokes and look-alikes", value=d.trust_region,
+            tooltip="Keep the tuned layers' changes where they touch a stroke of their class or"
+            " look like what a stroke corrected; elsewhere the pre-trained result stays.",
+        )  # fmt: skip
+        self.follow_edges = CheckBox(
+            text="Follow image edges", value=d.crf_weight > 0,
+            tooltip="An edge-aware CRF aligns the result with the image's edges and settles"
+            " uncertain pixels by their neighbours.",
+        )  # fmt: skip
+        self.type_by_instance = CheckBox(
+            text="One class per nucleus", value=d.type_by_instance,
+            tooltip="Every nucleus takes the class scribbled on it, else its majority class"
+            " (models with several nucleus classes).",
+        )  # fmt: skip
         self.point_radius = SpinBox(
             label="Point radius (px)", value=3, min=0, max=100,
             tooltip="Radius of the disk each point constrains.",
@@ -90,6 +105,9 @@ class RefineSettings(Container):
                 self.stop_fraction,
                 self.grow_max_distance,
                 self.pin_scribbles,
+                self.trust_region,
+                self.follow_edges,
+                self.type_by_instance,
                 self.point_radius,
                 self.box_ring,
                 self.seed,
@@ -123,6 +141,9 @@ class RefineSettings(Container):
         "stop_fraction",
         "grow_max_distance",
         "pin_scribbles",
+        "trust_region",
+        "follow_edges",
+        "type_by_instance",
         "point_radius",
         "box_ring",
         "seed",
@@ -142,8 +163,8 @@ class RefineSettings(Container):
         **settings
             Any of ``iterations``, ``learning_rate``, ``alpha``, ``region_growing``,
             ``grow_threshold``, ``n_layers``, ``momentum``, ``stop_fraction``,
-            ``grow_max_distance``, ``pin_scribbles``, ``point_radius``, ``box_ring``,
-            ``seed``.
+            ``grow_max_distance``, ``pin_scribbles``, ``trust_region``, ``follow_edges``,
+            ``type_by_instance``, ``point_radius``, ``box_ring``, ``seed``.
 
         Raises
         ------
@@ -180,6 +201,9 @@ class RefineSettings(Container):
             grow_threshold=self.grow_threshold.value,
             grow_max_distance=self.grow_max_distance.value,
             pin_scribbles=self.pin_scribbles.value,
+            trust_region=self.trust_region.value,
+            crf_weight=RefineConfig.crf_weight if self.follow_edges.value else 0.0,
+            type_by_instance=self.type_by_instance.value,
             seed=self.seed.value,
             device=device,
         )

@@ -301,7 +301,8 @@ class ScribbleRefineWidget(Container):
         **settings
             ``iterations``, ``learning_rate``, ``alpha``, ``region_growing``,
             ``grow_threshold``, ``n_layers``, ``momentum``, ``stop_fraction``,
-            ``grow_max_distance``, ``pin_scribbles``, ``point_radius``, ``box_ring``,
+            ``grow_max_distance``, ``pin_scribbles``, ``trust_region``, ``follow_edges``,
+            ``type_by_instance``, ``point_radius``, ``box_ring``,
             ``seed``.
 
         Raises

@@ -40,6 +40,8 @@ def _truth_in_model_classes(
         wanted = DEMO_SYNONYMS.get(name, name)
         lut[i] = model_classes.index(wanted) if wanted in model_classes else 1
     return lut[types]
+
+
 """Seed of the demo images; training uses other seeds, so these images are unseen."""
 
 

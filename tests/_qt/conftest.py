@@ -68,7 +68,7 @@ def fluo_model(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def he_model(tmp_path_factory) -> str:
     """Name or path of the H&E model with nucleus types."""
-    classes = ["background", "epithelial", "lymphocyte", "stromal"]
+    classes = ["background", "other", "inflammatory", "epithelial", "spindle"]
     return _model("hovernet-he", tmp_path_factory, 3, classes)
 
 

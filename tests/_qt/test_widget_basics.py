@@ -144,3 +144,18 @@ def test_widget_never_writes_user_layers(docked, qtbot):
     assert docked.prediction_layer is not None
     assert docked.prediction_layer != image
     np.testing.assert_array_equal(image.data, before)
+
+
+def test_model_follows_the_image_until_the_user_picks_one(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((64, 64, 3), np.uint8), name="he", rgb=True)
+    dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
+    assert widget._model_choice.value == "hovernet-he"  # a colour image: the H&E model
+    viewer.add_image(np.zeros((64, 64), np.uint8), name="grey")
+    widget._image.value = viewer.layers["grey"]
+    assert widget._model_choice.value == "hovernet-fluo"  # a grey image: the grey model
+    widget._model_choice.value = "hovernet-he"  # the user's own choice ...
+    widget._image.value = viewer.layers["he"]
+    widget._image.value = viewer.layers["grey"]
+    assert widget._model_choice.value == "hovernet-he"  # ... stays
+    widget.wait(60)

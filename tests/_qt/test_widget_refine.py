@@ -122,12 +122,12 @@ def test_multi_class_relabel_in_one_refine(make_napari_viewer, he_model, qtbot):
     viewer = make_napari_viewer()
     viewer.add_image(sample.image, name="he", rgb=True)
     widget = open_widget(viewer, image="he", model=he_model, device="cpu")
-    assert widget.class_names == ["background", "epithelial", "lymphocyte", "stromal"]
+    assert widget.class_names == ["background", "other", "inflammatory", "epithelial", "spindle"]
     assert [b.text for b in widget._palette] == widget.class_names
     widget.predict(wait=True)
     scribbles = widget.new_scribbles()
     assert scribbles.data.shape == (128, 128)
-    # relabel two nuclei: one as lymphocyte (class 2), one as stromal (class 3)
+    # relabel two nuclei: one as inflammatory (class 2), one as epithelial (class 3)
     labels = sample.instances
     first, second = 1, 2
     data = np.zeros((128, 128), np.uint8)

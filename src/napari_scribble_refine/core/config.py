@@ -12,7 +12,11 @@ class RefineConfig:
     The optimiser defaults were chosen on synthetic images outside the built-in models'
     training range (``benchmarks/tune_refine_synthetic.py --hard``): a learning rate of 0.1
     fits three to four times more scribbled pixels than 0.01, and momentum 0.5 avoids the
-    overshoot with which 0.9 flipped whole images after one stroke.
+    overshoot with which 0.9 flipped whole images after one stroke. The trust-region and
+    CRF defaults were chosen with the robot on the training set's validation split
+    (``benchmarks/tune_refine.py``; table in ``benchmarks/notes.md``): look-alike spreading
+    (``spread``) lost Dice there and is off; local changes are kept within half a stroke
+    length where the pixels look like the corrected ones.
 
     Parameters
     ----------
@@ -75,6 +79,9 @@ class RefineConfig:
     trust_reach : float
         A change that touches a stroke of its class is kept up to this many stroke extents
         from the stroke.
+    local_similar : bool
+        Keep a change next to a stroke only at pixels that look more like the pixels the
+        stroke corrected than like their old class.
     spread : bool
         Keep look-alike changes away from the strokes (the correction spreads to similar
         errors); False keeps local changes only.
@@ -124,8 +131,9 @@ class RefineConfig:
     grow_cap: float = 2.0
     pin_scribbles: bool = True
     trust_region: bool = True
-    trust_reach: float = 1.0
-    spread: bool = True
+    trust_reach: float = 0.5
+    local_similar: bool = True
+    spread: bool = False
     spread_confidence: float = 0.7
     spread_margin: float = 1.0
     type_by_instance: bool = True

@@ -19,6 +19,24 @@ import torch
 __all__ = ["GuidedFilter", "box_mean", "mean_field"]
 
 
+def _window_counts(n: int, radius: int, device: torch.device) -> torch.Tensor:
+    """Pixels of a (2r + 1) window that fall inside an axis of length ``n``, per position."""
+    i = torch.arange(n, device=device)
+    return (torch.clamp(i + radius, max=n - 1) - torch.clamp(i - radius, min=0) + 1).float()
+
+
+def _box_sum(t: torch.Tensor, radius: int, dim: int) -> torch.Tensor:
+    """Sum over a (2r + 1) window along ``dim``, clipped at the ends (cumulative sums)."""
+    n = t.shape[dim]
+    c = torch.cumsum(t, dim=dim)
+    shape = list(t.shape)
+    shape[dim] = radius + 1
+    zeros = torch.zeros(shape, dtype=t.dtype, device=t.device)
+    last = c.narrow(dim, n - 1, 1).expand(*[radius if d == dim else -1 for d in range(t.dim())])
+    padded = torch.cat([zeros, c, last], dim=dim)  # padded[k] = sum of t[: k - r - 1] clipped
+    return padded.narrow(dim, 2 * radius + 1, n) - padded.narrow(dim, 0, n)
+
+
 def box_mean(x: torch.Tensor, radius: int) -> torch.Tensor:
     """Mean over a (2r + 1)² window (clipped at the borders) of [C, Y, X] maps.
 
@@ -34,21 +52,11 @@ def box_mean(x: torch.Tensor, radius: int) -> torch.Tensor:
     torch.Tensor
         [C, Y, X].
     """
-
-    def along(t: torch.Tensor, dim: int) -> torch.Tensor:
-        n = t.shape[dim]
-        r = min(radius, n - 1)
-        c = torch.cumsum(t, dim=dim)
-        c = torch.cat([torch.zeros_like(c.narrow(dim, 0, 1)), c], dim=dim)  # c[i] = sum t[:i]
-        last = c.narrow(dim, n, 1)
-        hi = torch.cat([c.narrow(dim, r + 1, n - r)] + [last] * r, dim=dim)  # c[min(i+r+1, n)]
-        first = c.narrow(dim, 0, 1)
-        lo = torch.cat([first] * r + [c.narrow(dim, 0, n - r)], dim=dim)  # c[max(i-r, 0)]
-        return hi - lo
-
-    ones = torch.ones_like(x[:1])
-    counts = along(along(ones, 1), 2)
-    return along(along(x, 1), 2) / counts
+    _, h, w = x.shape
+    ry, rx = min(radius, h - 1), min(radius, w - 1)
+    total = _box_sum(_box_sum(x, ry, 1), rx, 2)
+    counts = _window_counts(h, ry, x.device)[:, None] * _window_counts(w, rx, x.device)[None]
+    return total / counts
 
 
 class GuidedFilter:

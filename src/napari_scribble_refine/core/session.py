@@ -25,9 +25,9 @@ from .config import RefineConfig
 from .devices import resolve_device
 from .edge_crf import mean_field
 from .history import Constraints, HeadHistory
-from .optimiser import Adam
 from .images import ImageInfo, validate_image
 from .models.base import SegmentationModel
+from .optimiser import Adam
 from .postprocess import instance_types, type_by_instance
 from .prediction import class_map_of, head_pieces
 from .refine_loop import (
@@ -382,6 +382,7 @@ class RefineSession:
                     confidence=settings.spread_confidence,
                     margin=settings.spread_margin,
                     spread=settings.spread,
+                    local_similar=settings.local_similar,
                 )
         self._accept = (self._version, masks)
         return masks

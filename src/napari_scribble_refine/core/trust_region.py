@@ -47,10 +47,42 @@ def _stroke_reach(strokes: np.ndarray, reach: float, min_reach: float) -> np.nda
 
 
 def _bounding_box(mask: np.ndarray) -> tuple[slice, slice]:
-    """The smallest window holding every True pixel of a 2D mask."""
+    """Return the smallest window holding every True pixel of a 2D mask."""
     rows = np.flatnonzero(mask.any(1))
     cols = np.flatnonzero(mask.any(0))
     return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+
+
+def _closer_to_correction(
+    mask: np.ndarray,
+    before: np.ndarray,
+    scribbles: np.ndarray,
+    corrected: np.ndarray,
+    describe: Describe,
+    class_means: Mapping[int, np.ndarray] | None,
+) -> np.ndarray:
+    """Select the pixels of ``mask`` that look more like the corrected ones than their class."""
+    out = np.zeros(mask.shape, dtype=bool)
+    proto_new = describe(corrected).mean(1)
+    values = describe(mask)
+    old = before[mask]
+    keep = np.zeros(old.size, dtype=bool)
+    for b in np.unique(old):
+        own = scribbles == b + 1
+        if own.any():
+            proto_old = describe(own).mean(1)
+        elif class_means and int(b) in class_means:
+            proto_old = class_means[int(b)]
+        else:
+            keep[old == b] = True
+            continue
+        rows = old == b
+        cols = values[:, rows]
+        d_new = np.linalg.norm(cols - proto_new[:, None], axis=0)
+        d_old = np.linalg.norm(cols - proto_old[:, None], axis=0)
+        keep[rows] = d_new < d_old
+    out[mask] = keep
+    return out
 
 
 def _region_means(describe: Describe, lab: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -78,6 +110,7 @@ def accepted_changes(
     confidence: float = 0.7,
     margin: float = 1.0,
     spread: bool = True,
+    local_similar: bool = False,
 ) -> np.ndarray:
     """Return where the tuned head's class replaces the pre-trained one (see module doc).
 
@@ -107,6 +140,9 @@ def accepted_changes(
         fraction of its distance to its old class's (1: merely closer).
     spread : bool
         Keep look-alike regions at all.
+    local_similar : bool
+        Keep a local change only at pixels whose features are closer to the corrected
+        pixels' than to their old class's (strokes that only confirm change nothing).
 
     Returns
     -------
@@ -126,13 +162,18 @@ def accepted_changes(
         strokes = scribbles == c + 1
         lab, n = ndi.label(target, structure=_EIGHT)
         touching = np.zeros(1, lab.dtype)
+        corrected = strokes & (before != c)
         if strokes.any():
             touching = np.unique(lab[ndi.binary_dilation(strokes, _EIGHT, iterations=2)])
             local = np.isin(lab, touching[touching > 0])
             if local.any():  # the reach is needed only where local changes are
                 box = _bounding_box(local | strokes)
-                accept[box] |= local[box] & _stroke_reach(strokes[box], reach, min_reach)
-        corrected = strokes & (before != c)
+                local[box] &= _stroke_reach(strokes[box], reach, min_reach)
+            if local_similar and local.any() and describe is not None and corrected.any():
+                local &= _closer_to_correction(
+                    local, before, scribbles, corrected, describe, class_means
+                )
+            accept |= local
         if not spread or describe is None or not corrected.any():
             continue
         far = np.setdiff1d(np.arange(1, n + 1), touching)

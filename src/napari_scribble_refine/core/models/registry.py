@@ -32,12 +32,14 @@ BUILTIN_MODELS: dict[str, tuple[str, str]] = {
     "hovernet-fluo": (
         "hovernet-fluo.safetensors",
         "Small HoVer-Net (0.9 M parameters) for greyscale nuclei: fluorescence and "
-        "brightfield grey; classes background/nucleus; trained on synthetic images only.",
+        "brightfield grey; classes background/nucleus; trained on DSB2018 (real, CC0) after "
+        "synthetic pre-training.",
     ),
     "hovernet-he": (
         "hovernet-he.safetensors",
-        "Small HoVer-Net (1.1 M parameters) for H&E nuclei with types epithelial, lymphocyte "
-        "and stromal; trained on synthetic images only.",
+        "Small HoVer-Net (1.1 M parameters) for H&E nuclei with CoNSeP's types other, "
+        "inflammatory, epithelial and spindle; trained on CoNSeP (research use only) and "
+        "DSB2018 histology after synthetic pre-training.",
     ),
 }
 """Registry name -> (weights file inside ``napari_scribble_refine/weights``, description)."""
