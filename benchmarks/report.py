@@ -712,8 +712,10 @@ def write_report(results: dict, path: Path, plots: list[Path]) -> None:
         "features) is listed apart. AJI and PQ use the same distance-watershed "
         "instances for every method; for ours, the AJI of the model's own instances (HoVer-Net's "
         'HV watershed) at k = K is added as "own".',
-        "- Methods: `ours` (head-only fine-tuning, region growing on; the product, and the "
-        "only row the verdict judges), `ours-no-grow`, `ours-paper` (the paper's plain "
+        "- Methods: `ours` (head-only fine-tuning with region growing, then the trust region, "
+        "the edge-aware CRF and one class per nucleus, scribbles pinned; the default "
+        "`RefineConfig`, the product, and the only row the verdict judges), `ours-no-grow`, "
+        "`ours-paper` (the paper's plain "
         "Algorithm 1: mean cross-entropy plus proximity, plain SGD, no pins, no trust region), "
         "`ours-all-weights` (BIFSeg-like: every weight tuned; only on the first images up "
         "to 512² of each source, `--all-weights-limit`), "

@@ -201,9 +201,15 @@ def hovernet_loss(
     grad_err = (hv_gradients(hv) - hv_gradients(batch["hv"])) ** 2
     parts["hv_msge"] = (grad_err * focus).sum() / (focus.sum() + 1e-8)
     if "tp" in out:
+        # type pixels of -100 (torch's ignore_index) do not count; images that are all
+        # ignored (untyped sources) stay out of the Dice term
         tp_logits = out["tp"].float()
         parts["tp_ce"] = F.cross_entropy(tp_logits, batch["tp"])
-        parts["tp_dice"] = dice_loss(tp_logits, batch["tp"])
+        typed = (batch["tp"] != -100).all(-1).all(-1)
+        if typed.all():
+            parts["tp_dice"] = dice_loss(tp_logits, batch["tp"])
+        elif typed.any():
+            parts["tp_dice"] = dice_loss(tp_logits[typed], batch["tp"][typed])
     weights = {"hv_mse": hv_weight, "hv_msge": hv_weight}
     total = sum(weights.get(k, 1.0) * v for k, v in parts.items())
     return total, {k: float(v.detach()) for k, v in parts.items()}

@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from train_builtin import ARCHITECTURE, NORMALISATION, dice_loss, hv_gradients  # noqa: E402
+from train_builtin import ARCHITECTURE, NORMALISATION, hovernet_loss  # noqa: E402
 
 from napari_scribble_refine.core.hovernet_postprocess import hv_instances  # noqa: E402
 from napari_scribble_refine.core.metrics import aggregated_jaccard_index, dice  # noqa: E402
@@ -85,6 +85,7 @@ RECIPES = {
     },
 }
 IGNORE = -100
+"""Type target of nucleus pixels without a type (torch's ignore_index)."""
 
 
 # ----------------------------------------------------------------------------- split
@@ -301,29 +302,6 @@ def make_batch(
     return {k: torch.from_numpy(np.stack([e[k] for e in examples])) for k in examples[0]}
 
 
-# ----------------------------------------------------------------------------- loss
-def loss_fn(out: dict, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-    """HoVer-Net's losses; type pixels marked :data:`IGNORE` do not count."""
-    np_logits, hv = out["np"].float(), out["hv"].float()
-    parts = {
-        "np_ce": F.cross_entropy(np_logits, batch["np"]),
-        "np_dice": dice_loss(np_logits, batch["np"]),
-        "hv_mse": F.mse_loss(hv, batch["hv"]),
-    }
-    focus = batch["np"][:, None].float().expand(-1, 2, -1, -1)
-    grad_err = (hv_gradients(hv) - hv_gradients(batch["hv"])) ** 2
-    parts["hv_msge"] = (grad_err * focus).sum() / (focus.sum() + 1e-8)
-    if "tp" in out:
-        tp_logits = out["tp"].float()
-        parts["tp_ce"] = F.cross_entropy(tp_logits, batch["tp"], ignore_index=IGNORE)
-        typed = (batch["tp"] != IGNORE).all(-1).all(-1)
-        if typed.any():
-            parts["tp_dice"] = dice_loss(tp_logits[typed], batch["tp"][typed])
-    weights = {"hv_mse": 2.0, "hv_msge": 2.0}
-    total = sum(weights.get(k, 1.0) * v for k, v in parts.items())
-    return total, {k: float(v.detach()) for k, v in parts.items()}
-
-
 # ----------------------------------------------------------------------------- model
 def build_network(recipe: dict, init_from: str | None) -> HoVerNet:
     """Build the shipped architecture, initialised from synthetic-only weights where shapes fit."""
@@ -415,7 +393,7 @@ def train(args: argparse.Namespace) -> None:
         batch = {k: v.to(device) for k, v in batch.items()}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             out = net(batch["image"])
-        loss, parts = loss_fn(out, batch)
+        loss, parts = hovernet_loss(out, batch, hv_weight=2.0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -29,6 +29,24 @@ def test_local_change_is_kept_within_the_strokes_reach():
     assert not accept[~(after == 1)].any()  # nothing unchanged is "accepted"
 
 
+def test_local_change_keeps_only_pixels_that_look_like_the_correction():
+    before = np.zeros((30, 60), np.int32)
+    after = before.copy()
+    after[5:25, 2:30] = 1  # one changed region: a missed nucleus (x 10-30) and background
+    scribbles = np.zeros_like(before)
+    scribbles[15, 12:28] = 2  # a 16 px stroke in the missed nucleus
+    features = np.zeros((2, 30, 60), np.float32)
+    features[0, 5:25, 10:30] = 1.0  # the nucleus looks like nucleus; x 2-10 like background
+    means = {0: np.zeros(2)}
+    kept = accepted_changes(
+        before, after, scribbles, _describe(features), means, reach=3.0, local_similar=True
+    )
+    assert kept[5:25, 10:30].all()  # the missed nucleus: looks like the corrected pixels
+    assert not kept[5:25, 2:10].any()  # background-looking pixels beside it stay background
+    whole = accepted_changes(before, after, scribbles, _describe(features), means, reach=3.0)
+    assert whole[5:25, 2:30].all()  # without the test the touching change is kept whole
+
+
 def test_far_change_is_kept_only_when_it_looks_like_the_correction():
     before = np.zeros((40, 120), np.int32)
     before[5:15, 60:70] = 1  # a nucleus the pre-trained head found

@@ -8,13 +8,15 @@ first two and reverts the third, by connected regions of change:
 
 * **local**: a region of pixels that change to class c and touch a stroke of class c is
   kept within the stroke's reach (``reach`` times the stroke's extent, at least
-  ``min_reach`` px): the stroke fixes the error it was drawn in, whole;
-* **look-alike**: a region that touches no stroke of its new class is kept only when its
-  mean feature vector (the features the head reads, standardised per channel) is closer
-  to the features of the pixels that class c's strokes *corrected* than to those of its
-  old class (that class's strokes, or else its unchanged pixels), by a ``margin``, and the
-  tuned head is
-  confident there (mean probability of c at least ``confidence``);
+  ``min_reach`` px): the stroke fixes the error it was drawn in; with ``local_similar``
+  only at the pixels whose features are closer to the pixels the stroke corrected than to
+  their old class's, so a true nucleus beside a corrected error stays;
+* **look-alike** (``spread``): a region that touches no stroke of its new class is kept
+  only when its mean feature vector (the features the head reads, standardised per
+  channel) is closer to the features of the pixels that class c's strokes *corrected*
+  than to those of its old class (that class's strokes, or else its pixels), by a
+  ``margin``, and the tuned head is confident there (mean probability of c at least
+  ``confidence``);
 * everything else keeps the pre-trained head's class.
 
 Everything here is 2D; stacks are handled slice by slice by the caller.
