@@ -426,6 +426,21 @@ class RefineSession:
             class_map[pinned] = pins[pinned] - 1
         return class_map
 
+    def _preview(self) -> np.ndarray:
+        """Return the tuned head's classes with this refinement's pins: a cheap live view.
+
+        The trust region, the CRF and per-nucleus typing apply to the final prediction
+        only; a preview shows how the head itself is moving.
+        """
+        n = self._n_slices()
+        planes = np.stack([self._maps(index)[0] for index in range(n)])
+        class_map = planes if self.image_info.is_3d else planes[0]
+        pins = self._history.pins
+        if pins is not None:
+            pinned = pins > 0
+            class_map[pinned] = pins[pinned] - 1
+        return class_map
+
     def predict(self) -> np.ndarray:
         """Compute (or reuse) the class map of the whole image with the current head.
 
@@ -802,7 +817,7 @@ class RefineSession:
                 self._version += 1
                 preview = None
                 if preview_every and steps % preview_every == 0:
-                    preview = self.predict()
+                    preview = self._preview()
                 yield RefineStep(
                     steps,
                     loss,

@@ -25,7 +25,8 @@ class RefineStep:
         Scribbled pixels the loss runs over (after region growing).
     prediction : numpy.ndarray or None
         The whole image's class map after this step (0 = background, c = class c), every
-        ``preview_every`` steps and in the final record; None otherwise. Never a tensor.
+        ``preview_every`` steps (the tuned head's own classes with the pins) and in the
+        final record (the refined prediction); None otherwise. Never a tensor.
     finished : bool
         True only in the final record.
     elapsed_s : float
