@@ -310,6 +310,22 @@ def build_network(recipe: dict) -> HoVerNet:
 
 
 # ----------------------------------------------------------------------------- main
+def make_optimiser(
+    net: torch.nn.Module, lr: float, steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW (weight decay 1e-4), linear warm-up over 50 steps, cosine decay to 5 %."""
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    warmup = min(50, steps // 10)
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        frac = (step - warmup) / max(1, steps - warmup)
+        return 0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * frac))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+
+
 def train(args: argparse.Namespace) -> None:
     """Run one training and write the weights (see the module docstring)."""
     recipe = RECIPES[args.model]
@@ -323,16 +339,7 @@ def train(args: argparse.Namespace) -> None:
     print(f"{args.model}: {count_parameters(net):,} parameters", flush=True)
     if args.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
-    warmup = min(50, args.steps // 10)
-
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        frac = (step - warmup) / max(1, args.steps - warmup)
-        return 0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * frac))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    opt, sched = make_optimiser(net, args.lr, args.steps)
     data = SyntheticBatches(recipe, args.steps, args.batch, args.crop, args.stage)
     loader = torch.utils.data.DataLoader(
         data,

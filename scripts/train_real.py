@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from train_builtin import ARCHITECTURE, NORMALISATION, hovernet_loss  # noqa: E402
+from train_builtin import ARCHITECTURE, NORMALISATION, hovernet_loss, make_optimiser  # noqa: E402
 
 from napari_scribble_refine.core.hovernet_postprocess import hv_instances  # noqa: E402
 from napari_scribble_refine.core.metrics import aggregated_jaccard_index, dice  # noqa: E402
@@ -362,16 +362,7 @@ def train(args: argparse.Namespace) -> None:
         "validation:", {g: len(p) for g, p in val_items.items()}, flush=True,
     )  # fmt: skip
     net = build_network(recipe, args.init_from).to(device)
-    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
-    warmup = min(50, args.steps // 10)
-
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        frac = (step - warmup) / max(1, args.steps - warmup)
-        return 0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * frac))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    opt, sched = make_optimiser(net, args.lr, args.steps)
     state_path = scratch / f"{args.model}-last.pt"
     start, history, best, train_s = 0, [], None, 0.0
     if state_path.is_file():

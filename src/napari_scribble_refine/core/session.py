@@ -419,7 +419,10 @@ class RefineSession:
                 class_map[index] = type_by_instance(
                     labels[index], class_map[index], scribbles[index]
                 )
-        class_map = class_map if self.image_info.is_3d else class_map[0]
+        return self._with_pins(class_map if self.image_info.is_3d else class_map[0])
+
+    def _with_pins(self, class_map: np.ndarray) -> np.ndarray:
+        """Show the current state's pinned scribbles as their class (in place)."""
         pins = self._history.pins
         if pins is not None:
             pinned = pins > 0
@@ -434,12 +437,7 @@ class RefineSession:
         """
         n = self._n_slices()
         planes = np.stack([self._maps(index)[0] for index in range(n)])
-        class_map = planes if self.image_info.is_3d else planes[0]
-        pins = self._history.pins
-        if pins is not None:
-            pinned = pins > 0
-            class_map[pinned] = pins[pinned] - 1
-        return class_map
+        return self._with_pins(planes if self.image_info.is_3d else planes[0])
 
     def predict(self) -> np.ndarray:
         """Compute (or reuse) the class map of the whole image with the current head.
