@@ -7,8 +7,10 @@ edges of the guide image stronger than about ``sqrt(eps)``. The filter costs a f
 filters per class (cumulative sums), so the whole CRF is linear in the pixels with any
 radius, and runs on whatever device the tensors are on.
 
-Scribbled pixels enter as near-certain unaries, so a correction spreads along the image's
-edges into the rest of the region it was drawn in, as the dense-CRF baseline's does.
+Scribbled pixels enter as near-certain unaries, as in the dense-CRF baseline: they hold
+their class, and the uncertain pixels around them settle along the image's edges. (A small
+stroke inside a region the unaries are confident about does not flood it: the Potts
+messages there favour the region's class.)
 """
 
 from __future__ import annotations

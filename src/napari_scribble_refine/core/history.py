@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .config import RefineConfig
 from .models.base import HeadState, SegmentationModel
 
 Anchor = dict[str, torch.Tensor]
@@ -26,14 +27,14 @@ class Constraints:
         Read-only scribbles (0 none, c + 1 class c; grown ones included).
     pinned : bool
         Show them as their class over the prediction (``RefineConfig.pin_scribbles``).
-    settings : object
-        The :class:`~napari_scribble_refine.core.config.RefineConfig` of the refinement
-        (its trust-region and instance-typing settings decide the prediction).
+    settings : RefineConfig
+        The refinement's settings (its trust-region, CRF and instance-typing settings
+        decide the prediction).
     """
 
     scribbles: np.ndarray
     pinned: bool
-    settings: object
+    settings: RefineConfig
 
 
 @dataclass

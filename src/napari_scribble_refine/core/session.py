@@ -272,14 +272,10 @@ class RefineSession:
         self._final = (self._version, cache)
         return logits
 
-    def _crf_applies(self, settings: object) -> bool:
+    def _crf_applies(self, settings: RefineConfig | None) -> bool:
         """Whether the edge-aware CRF runs: on, and the image no larger than the CRF's limit."""
         height, width = self.spatial_shape[-2:]
-        return (
-            settings is not None
-            and getattr(settings, "crf_weight", 0) > 0
-            and height * width <= CRF_MAX_PIXELS
-        )
+        return settings is not None and settings.crf_weight > 0 and height * width <= CRF_MAX_PIXELS
 
     def _guide(self, index: int) -> torch.Tensor:
         """Grey image [Y, X] of one slice scaled to about [0, 1] (the CRF's guide)."""
@@ -366,7 +362,7 @@ class RefineSession:
         masks: list[np.ndarray | None] = [None] * n
         cons = self._history.constraints
         settings = cons.settings if cons is not None else None
-        if settings is not None and getattr(settings, "trust_region", False):
+        if settings is not None and settings.trust_region:
             before, means = self._pretrained_maps()
             scribbles = cons.scribbles if self.image_info.is_3d else cons.scribbles[None]
             for index in range(n):
@@ -408,11 +404,7 @@ class RefineSession:
                 before = self._pretrained_maps()[0][index]
                 after = np.where(accept[index], after, before)
             class_map[index] = after
-        if (
-            cons is not None
-            and getattr(cons.settings, "type_by_instance", False)
-            and self.n_classes > 2
-        ):
+        if cons is not None and cons.settings.type_by_instance and self.n_classes > 2:
             scribbles = cons.scribbles if self.image_info.is_3d else cons.scribbles[None]
             labels = self._instance_labels(class_map)
             for index in range(n):

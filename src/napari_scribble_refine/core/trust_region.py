@@ -55,36 +55,53 @@ def _bounding_box(mask: np.ndarray) -> tuple[slice, slice]:
     return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
 
 
-def _closer_to_correction(
-    mask: np.ndarray,
-    before: np.ndarray,
+def _nearer_correction(
+    values: np.ndarray,
+    old: np.ndarray,
+    proto_new: np.ndarray,
     scribbles: np.ndarray,
-    corrected: np.ndarray,
     describe: Describe,
-    class_means: Mapping[int, np.ndarray] | None,
+    class_means: Mapping[int, np.ndarray],
+    margin: float,
+    unknown: bool,
 ) -> np.ndarray:
-    """Select the pixels of ``mask`` that look more like the corrected ones than their class."""
-    out = np.zeros(mask.shape, dtype=bool)
-    proto_new = describe(corrected).mean(1)
-    values = describe(mask)
-    old = before[mask]
-    keep = np.zeros(old.size, dtype=bool)
+    """Which feature vectors lie nearer the corrected pixels' mean than their old class's.
+
+    Parameters
+    ----------
+    values : numpy.ndarray
+        (k, F) feature vectors (pixels or region means).
+    old : numpy.ndarray
+        (k,) the class each one leaves.
+    proto_new : numpy.ndarray
+        (F,) mean feature of the pixels the strokes corrected.
+    scribbles, describe, class_means
+        As for :func:`accepted_changes`: an old class's reference is the mean feature of
+        its strokes, else its entry in ``class_means``.
+    margin : float
+        Nearer means ``d_new < margin * d_old``.
+    unknown : bool
+        The answer for an old class without a reference.
+
+    Returns
+    -------
+    numpy.ndarray
+        bool (k,).
+    """
+    keep = np.full(old.size, unknown, dtype=bool)
     for b in np.unique(old):
         own = scribbles == b + 1
         if own.any():
             proto_old = describe(own).mean(1)
-        elif class_means and int(b) in class_means:
+        elif int(b) in class_means:
             proto_old = class_means[int(b)]
         else:
-            keep[old == b] = True
             continue
         rows = old == b
-        cols = values[:, rows]
-        d_new = np.linalg.norm(cols - proto_new[:, None], axis=0)
-        d_old = np.linalg.norm(cols - proto_old[:, None], axis=0)
-        keep[rows] = d_new < d_old
-    out[mask] = keep
-    return out
+        d_new = np.linalg.norm(values[rows] - proto_new, axis=1)
+        d_old = np.linalg.norm(values[rows] - proto_old, axis=1)
+        keep[rows] = d_new < margin * d_old
+    return keep
 
 
 def _region_means(describe: Describe, lab: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -172,31 +189,21 @@ def accepted_changes(
                 box = _bounding_box(local | strokes)
                 local[box] &= _stroke_reach(strokes[box], reach, min_reach)
             if local_similar and local.any() and describe is not None and corrected.any():
-                local &= _closer_to_correction(
-                    local, before, scribbles, corrected, describe, class_means
-                )
+                local[local] = _nearer_correction(
+                    describe(local).T, before[local], describe(corrected).mean(1),
+                    scribbles, describe, class_means, margin=1.0, unknown=True,
+                )  # fmt: skip
             accept |= local
         if not spread or describe is None or not corrected.any():
             continue
         far = np.setdiff1d(np.arange(1, n + 1), touching)
         if far.size == 0:
             continue
-        means = _region_means(describe, lab, far)
-        proto_new = describe(corrected).mean(1)
         old_class = np.asarray(ndi.median(before, lab, far), dtype=np.int64)
-        keep = np.zeros(far.size, dtype=bool)
-        for b in np.unique(old_class):
-            own = scribbles == b + 1
-            if own.any():
-                proto_old = describe(own).mean(1)
-            elif int(b) in class_means:
-                proto_old = class_means[int(b)]
-            else:
-                continue
-            rows = old_class == b
-            d_new = np.linalg.norm(means[rows] - proto_new, axis=1)
-            d_old = np.linalg.norm(means[rows] - proto_old, axis=1)
-            keep[rows] = d_new < margin * d_old
+        keep = _nearer_correction(
+            _region_means(describe, lab, far), old_class, describe(corrected).mean(1),
+            scribbles, describe, class_means, margin=margin, unknown=False,
+        )  # fmt: skip
         if after_prob is not None and keep.any():
             conf = np.asarray(ndi.mean(after_prob, lab, far))
             keep &= conf >= confidence
