@@ -21,6 +21,7 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -76,6 +77,17 @@ VARIANTS: dict[str, dict] = {
     "similar-margin0.6": {"local_similar": True, "spread_margin": 0.6},
     "margin-0.6": {"spread_margin": 0.6},
     "frozen-head": {"learning_rate": 1e-12, "max_iterations": 1},
+    "type-spread": {"type_spread": True},
+    "free-types": {"free_types": True},
+    "layers-2": {"n_layers": 2},
+    "layers-3": {"n_layers": 3},
+    "layers-2-adam-0.01": {"n_layers": 2, "optimiser": "adam", "learning_rate": 0.01},
+    "layers-2-adam-0.03": {"n_layers": 2, "optimiser": "adam", "learning_rate": 0.03},
+    "layers-2-lr-0.3": {"n_layers": 2, "learning_rate": 0.3},
+    "layers-3-adam": {"n_layers": 3, "optimiser": "adam", "learning_rate": 0.01},
+    "free-types-adam": {"free_types": True, "optimiser": "adam", "learning_rate": 0.03},
+    "type-spread-0.8": {"type_spread": True, "type_spread_margin": 0.8},
+    "type-spread-1.2": {"type_spread": True, "type_spread_margin": 1.2},
     "crf-w10": {"crf_weight": 10.0},
     "crf-w6-it10": {"crf_weight": 6.0, "crf_iterations": 10},
     "crf-w6-r16": {"crf_weight": 6.0, "crf_radius": 16},
@@ -126,9 +138,29 @@ def validation_folders(data: Path, per_group: int) -> list[tuple[str, Path]]:
     return out
 
 
+def stain_shift(image: np.ndarray, seed: int) -> np.ndarray:
+    """Re-stain an H&E image as another lab might (``--stain-shift``): a fixed draw per image.
+
+    Haematoxylin and eosin optical densities are scaled by 0.6-1.5 and shifted, in
+    scikit-image's HED space, then the image is returned to uint8 RGB.
+    """
+    from skimage.color import hed2rgb, rgb2hed
+
+    rng = np.random.default_rng(seed)
+    hed = rgb2hed(image[..., :3])
+    scale = rng.uniform(0.6, 1.5, size=3)
+    shift = rng.uniform(-0.03, 0.03, size=3)
+    out = hed2rgb(hed * scale + shift)
+    return np.clip(np.round(out * 255), 0, 255).astype(np.uint8)
+
+
 def run_sample(group: str, folder: Path, args: argparse.Namespace, models: dict) -> dict:
     """Every variant and baseline with the robot on one sample."""
     sample = load_sample(folder)
+    if args.stain_shift and sample.rgb:
+        sample = dataclasses.replace(
+            sample, image=stain_shift(sample.image, sample_seed(sample.name, args.seed))
+        )
     kind = "rgb" if sample.rgb else "grey"
     if kind not in models:
         models[kind] = load_model(args.rgb_model if sample.rgb else args.grey_model)
@@ -145,13 +177,17 @@ def run_sample(group: str, folder: Path, args: argparse.Namespace, models: dict)
     first = instance_scores(initial, sample.labels)
     seed = sample_seed(sample.name, args.seed)
     record = {"sample": sample.name, "group": group, "methods": {}}
+    sessions = {session.config.n_layers: session}
     methods = {f"ours:{v}": v for v in args.variants} | {b: b for b in args.baselines}
     for name, key in methods.items():
         if name.startswith("ours:"):
             cfg = variant_config(key, args.seed, args.base)
+            if cfg.n_layers not in sessions:  # the head depth is fixed per session
+                sessions[cfg.n_layers] = RefineSession(model, sample.image, cfg)
+            own = sessions[cfg.n_layers]
 
-            def factory(p: Problem, cfg: RefineConfig = cfg) -> OursVariant:
-                return OursVariant(session, cfg, space, model_probs)
+            def factory(p: Problem, cfg: RefineConfig = cfg, own=own) -> OursVariant:
+                return OursVariant(own, cfg, space, model_probs)
         else:
             factory = BASELINES[key][0]
         robot = RobotUser(gt_cls, space.n_classes, seed=seed)
@@ -185,8 +221,9 @@ def summarise(records: list[dict], k: int) -> dict:
                 row[f"head@{k}"] = float(np.nanmean([r["head_agreement"][k] for r in runs]))
             cls = [r["class_dice"][k] for r in runs]
             if np.isfinite(cls).any():
-                row[f"class@{k}"] = float(np.nanmean(cls))
                 row["class@0"] = float(np.nanmean([r["class_dice"][0] for r in runs]))
+                row["class@1"] = float(np.nanmean([r["class_dice"][1] for r in runs]))
+                row[f"class@{k}"] = float(np.nanmean(cls))
             out.setdefault(group, {})[name] = {
                 key: round(float(v), 4) if isinstance(v, float | np.floating) else v
                 for key, v in row.items()
@@ -217,6 +254,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--grey-model", default="hovernet-fluo")
     p.add_argument("--rgb-model", default="hovernet-he")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--stain-shift", action="store_true",
+        help="re-stain RGB images (another lab's H&E: the model's types are then less sure)",
+    )  # fmt: skip
     p.add_argument("--out", type=Path, default=None, help="write the records and table here")
     args = p.parse_args(argv)
     args.variants = [v for v in args.variants.split(",") if v]

@@ -1,7 +1,7 @@
 """Re-train a built-in model from scratch and compare it with the shipped weights.
 
 Runs every stage of the shipped recipe (the commands in the model card) into ``--out``:
-the synthetic stages of ``train_builtin.py``, then the real-data stage of
+the synthetic stages of ``train_builtin.py``, then the real-data stages of
 ``train_real.py`` (``../shared/data/train``). It then prints, as JSON, the validation
 metrics of the new and the shipped weights (the best checkpoint's, on the training set's
 validation split), their differences, the largest absolute weight difference, and whether
@@ -46,7 +46,7 @@ STAGES: dict[str, list[list[str]]] = {
 
 #: The real-data stages (``train_real.py``), each from the previous stage's weights.
 REAL_STAGES: dict[str, list[list[str]]] = {
-    "hovernet-fluo": [["--steps", "1500"]],
+    "hovernet-fluo": [["--steps", "1500"], ["--steps", "1500", "--lr", "3e-4", "--stage", "2"]],
     "hovernet-he": [
         ["--steps", "1300"],
         ["--steps", "600", "--lr", "5e-4", "--stain", "strong", "--stage", "2",

@@ -11,6 +11,7 @@ from napari_scribble_refine.core.edge_crf import box_mean, mean_field
 from napari_scribble_refine.core.postprocess import type_by_instance
 from napari_scribble_refine.core.session import RefineSession
 from napari_scribble_refine.core.trust_region import accepted_changes
+from napari_scribble_refine.core.type_spreading import spread_types
 
 
 def _describe(features: np.ndarray):
@@ -163,3 +164,41 @@ def test_session_type_stroke_retypes_one_nucleus_whole(model3, scene, config):
     session.reset()
     plain = session.run(scribbles, config=tiny)
     assert fraction(plain.prediction, target, 2) < 0.2  # without it, only the pins change
+
+
+def _four_nuclei() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Instances 1-4 in a row, all typed class 1, and features: 1, 2 look alike, 3, 4 not."""
+    instances = np.zeros((20, 80), np.int32)
+    features = np.zeros((3, 20, 80), np.float32)
+    looks = [(1.0, 0.0), (0.9, 0.1), (0.0, 1.0), (0.1, 0.9)]
+    for i, (a, b) in enumerate(looks):
+        instances[5:15, 5 + 20 * i : 15 + 20 * i] = i + 1
+        features[0, instances == i + 1] = a
+        features[1, instances == i + 1] = b
+    features[2] = (instances == 0) * 5.0  # background looks like neither
+    class_map = (instances > 0).astype(np.int32)
+    return instances, class_map, features
+
+
+def test_type_stroke_spreads_to_look_alike_nuclei_only():
+    instances, class_map, features = _four_nuclei()
+    scribbles = np.zeros_like(class_map)
+    scribbles[10, 7:13] = 3  # class 2 on nucleus 1
+    typed = type_by_instance(instances, class_map, scribbles)
+    out = spread_types(instances, typed, scribbles, _describe(features))
+    assert (out[instances == 1] == 2).all()  # the scribbled nucleus, retyped whole
+    assert (out[instances == 2] == 2).all()  # its look-alike follows
+    assert (out[instances >= 3] == 1).all()  # nuclei unlike it keep their class
+    assert (out[instances == 0] == 0).all()  # background is never typed
+    # a stricter margin keeps the look-alike unless it is much nearer
+    strict = spread_types(instances, typed, scribbles, _describe(features), margin=0.01)
+    assert (strict[instances == 2] == 1).all()
+
+
+def test_type_spreading_without_type_strokes_changes_nothing():
+    instances, class_map, features = _four_nuclei()
+    scribbles = np.zeros_like(class_map)
+    scribbles[0, :] = 1  # background strokes only
+    scribbles[10, 7:13] = 2  # and a nucleus stroke of the class the nuclei already have
+    out = spread_types(instances, class_map, scribbles, _describe(features))
+    np.testing.assert_array_equal(out, class_map)

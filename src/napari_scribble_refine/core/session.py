@@ -43,6 +43,7 @@ from .refine_loop import (
 from .scribbles import grow_scribbles, validate_scribbles
 from .steps import RefineResult, RefineStep
 from .trust_region import Describe, accepted_changes
+from .type_spreading import spread_types
 
 __all__ = ["RefineSession"]
 
@@ -380,6 +381,8 @@ class RefineSession:
                     spread=settings.spread,
                     local_similar=settings.local_similar,
                 )
+                if settings.free_types:
+                    masks[index] |= (before[index] > 0) & (after > 0)
         self._accept = (self._version, masks)
         return masks
 
@@ -411,6 +414,11 @@ class RefineSession:
                 class_map[index] = type_by_instance(
                     labels[index], class_map[index], scribbles[index]
                 )
+                if cons.settings.type_spread:
+                    class_map[index] = spread_types(
+                        labels[index], class_map[index], scribbles[index],
+                        self._describe(index), margin=cons.settings.type_spread_margin,
+                    )  # fmt: skip
         return self._with_pins(class_map if self.image_info.is_3d else class_map[0])
 
     def _with_pins(self, class_map: np.ndarray) -> np.ndarray:

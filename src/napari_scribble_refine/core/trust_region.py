@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["Describe", "accepted_changes"]
+__all__ = ["Describe", "accepted_changes", "region_means"]
 
 Describe = Callable[[np.ndarray], np.ndarray]
 """Maps a (Y, X) bool mask to the (F, k) standardised features of its k pixels."""
@@ -104,7 +104,7 @@ def _nearer_correction(
     return keep
 
 
-def _region_means(describe: Describe, lab: np.ndarray, ids: np.ndarray) -> np.ndarray:
+def region_means(describe: Describe, lab: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """Mean feature vector of each region ``ids`` of ``lab``: (len(ids), F)."""
     mask = np.isin(lab, ids)
     values = describe(mask)
@@ -201,7 +201,7 @@ def accepted_changes(
             continue
         old_class = np.asarray(ndi.median(before, lab, far), dtype=np.int64)
         keep = _nearer_correction(
-            _region_means(describe, lab, far), old_class, describe(corrected).mean(1),
+            region_means(describe, lab, far), old_class, describe(corrected).mean(1),
             scribbles, describe, class_means, margin=margin, unknown=False,
         )  # fmt: skip
         if after_prob is not None and keep.any():
