@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q -c constraints.txt
 
-.PHONY: demo test lint bench benchmark clean
+.PHONY: demo test lint bench benchmark mutation clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -35,5 +35,25 @@ benchmark: $(VENV)/.installed
 	$(PIP) -e ".[bench]"
 	$(PY) benchmarks/run_benchmark.py
 
+# Mutation testing of the engine's modules against their fast unit tests (docs/testing.md);
+# [tool.mutmut] in pyproject.toml says which. Target: 30 min on 2 cores. The last line printed
+# is "mutation kill rate: NN.N %". MUTMUT_JOBS: parallel mutant runs; NICE: e.g. "nice -n 19".
+MUTMUT_JOBS ?= 2
+NICE ?=
+$(VENV)/.mutmut-installed: $(VENV)/.installed pyproject.toml
+	$(PIP) -e ".[test,dev]"
+	touch $@
+
+mutation: $(VENV)/.mutmut-installed
+	rm -rf mutants
+	@mkdir -p mutants
+	@echo "mutmut run --max-children $(MUTMUT_JOBS) (log: mutants/mutmut-run.log)"
+	@start=$$(date +%s); \
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(NICE) $(VENV)/bin/mutmut run \
+		--max-children $(MUTMUT_JOBS) > mutants/mutmut-run.log 2>&1 \
+		|| { tail -n 40 mutants/mutmut-run.log; exit 1; }; \
+	echo "mutmut run took $$(( $$(date +%s) - start )) s"
+	@$(PY) scripts/mutation_report.py
+
 clean:
-	rm -rf $(VENV) demo_output
+	rm -rf $(VENV) demo_output mutants

@@ -86,3 +86,18 @@ def config() -> RefineConfig:
         preview_every=5,
         device="cpu",
     )
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ARG001
+    """Say how many GPU tests (marked ``gpu``) ran, so a CPU-only green run is visible."""
+    ran = skipped = 0
+    for key in ("passed", "failed", "error", "skipped"):
+        for report in terminalreporter.stats.get(key, []):
+            if report.when not in ("call", "setup") or "gpu" not in report.keywords:
+                continue
+            if key == "skipped":
+                skipped += 1
+            elif report.when == "call" or key == "error":
+                ran += 1
+    where = "CUDA available" if torch.cuda.is_available() else "no CUDA here"
+    terminalreporter.write_line(f"GPU tests: {ran} ran, {skipped} skipped ({where})")

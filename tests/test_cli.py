@@ -4,6 +4,7 @@ import numpy as np
 import tifffile
 
 from napari_scribble_refine.cli import main
+from napari_scribble_refine.core import RefineConfig, RefineSession, load_model
 from napari_scribble_refine.core.synthetic import synthetic_fluorescence
 
 
@@ -43,11 +44,25 @@ def test_refine_writes_a_refined_prediction_and_applies_it_to_other_images(tmp_p
     assert main(args) == 0
     assert "scribbled pixels" in capsys.readouterr().out
     assert main(["predict", str(tmp_path / "img.tif"), "--out", str(tmp_path / "pre")]) == 0
+    assert main(["predict", str(tmp_path / "other.tif"), "--out", str(tmp_path / "pre_other")]) == 0
     refined = tifffile.imread(tmp_path / "ref_classes.tif")
-    assert refined.shape == (96, 96)
-    assert not np.array_equal(refined, tifffile.imread(tmp_path / "pre_classes.tif"))
-    assert tifffile.imread(tmp_path / "ref_other_classes.tif").shape == (96, 96)
+    applied = tifffile.imread(tmp_path / "ref_other_classes.tif")
     assert np.array_equal(tifffile.imread(tmp_path / "img.tif"), before)
+
+    # The same refinement through the library: the CLI writes its prediction, and predicts
+    # the other image with the refined head (not the pre-trained one).
+    session = RefineSession(load_model("hovernet-fluo"), sample.image, RefineConfig())
+    result = session.run(scribbles)
+    np.testing.assert_array_equal(refined, result.prediction)
+    other = tifffile.imread(tmp_path / "other.tif")
+    expected = RefineSession(session.model, other, RefineConfig()).predict()
+    np.testing.assert_array_equal(applied, expected)
+    pretrained_other = tifffile.imread(tmp_path / "pre_other_classes.tif")
+    assert (applied != pretrained_other).sum() > 20  # the refinement reaches the other image
+    # ... and changes the scribbled image beyond the (pinned) scribbled and grown pixels
+    free = result.grown_scribbles == 0
+    pretrained = tifffile.imread(tmp_path / "pre_classes.tif")
+    assert (refined[free] != pretrained[free]).sum() > 20
 
 
 def test_demo_runs_and_writes_tiffs(tmp_path, capsys):

@@ -274,6 +274,24 @@ def test_instances_on_a_real_forward():
     class_map = logits.argmax(1)[0].numpy()
     labels = model.instances(class_map, logits, feats)
     assert labels.shape == (64, 64) and labels.dtype == np.int32
+    # the network's own outputs, without the adapter: nucleus probability and HV maps
+    from scipy import ndimage
+
+    from napari_scribble_refine.core.hovernet_postprocess import hv_instances
+
+    with torch.no_grad():
+        out = model.network(torch.from_numpy(prepare_image(image, model.normalisation))[None, None])
+    prob = torch.softmax(out["np"], 1)[0, 1].numpy()
+    blobs, _ = ndimage.label(prob >= 0.5)
+    sizes = np.bincount(blobs.ravel())
+    sizes[0] = 0  # not a blob
+    large = np.flatnonzero(sizes >= 10)  # the nucleus blobs the rule keeps
+    assert large.size >= 3  # the random network still predicts several nuclei here
+    np.testing.assert_array_equal(labels > 0, np.isin(blobs, large))
+    for label in np.unique(labels[labels > 0]):  # an instance never spans two blobs
+        assert np.unique(blobs[labels == label]).size == 1
+    expected = hv_instances(prob, out["hv"][0].numpy(), keep_unmarked=True)
+    np.testing.assert_array_equal(labels, expected)
 
 
 def test_class_map_decides_nucleus_first_then_its_type():

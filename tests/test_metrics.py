@@ -38,7 +38,7 @@ def test_dice_iou_empty_and_disjoint():
     assert dice(a, b) == 0.0
     assert iou(a, b) == 0.0
     assert dice(a, z) == 0.0
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"same shape, got \(3, 3\) and \(2, 2\)"):
         dice(a, np.zeros((2, 2)))
 
 
@@ -53,7 +53,7 @@ def test_per_class_dice_hand_computed():
     # class 2: gt {4,5,6}, pred {4,5}: overlap 2 -> 4/5
     assert d[2] == pytest.approx(4 / 5)
     assert math.isnan(d[3])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"outside \[0, 2\)"):
         per_class_dice(pred, gt, n_classes=2)
 
 
@@ -131,7 +131,7 @@ def test_panoptic_quality_sq_and_edge_cases():
     assert panoptic_quality(pred2, gt)["pq"] == 0.0
     z = np.zeros_like(gt)
     assert panoptic_quality(z, z)["pq"] == 1.0
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="iou_threshold must be >= 0.5"):
         panoptic_quality(pred, gt, iou_threshold=0.3)
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
+import torch
 from _tiny_nets import disk_labels, fraction, scribble_disks
+from scipy import ndimage
 
 from napari_scribble_refine.core.config import RefineConfig
 from napari_scribble_refine.core.refine_loop import pixel_weights
@@ -41,6 +44,31 @@ def test_growth_cap_holds_per_stroke():
     assert (capped == 1).sum() == 15 and (capped == 2).sum() == 39  # budgets are spent
     np.testing.assert_array_equal(capped[scribbles > 0], scribbles[scribbles > 0])
     assert set(np.unique(capped[image == 0])) <= {0, 1}  # no label crosses the edge
+    # each stroke spends its own budget: the 3 px stroke adds 6, the 10 px stroke adds 20
+    # (one budget for the whole class would let the long stroke take the short one's share)
+    regions, n = ndimage.label(capped == 2)
+    assert n == 2
+    short, long = regions[60, 11], regions[60, 65]
+    assert (regions == short).sum() == 3 + 6 and (regions == long).sum() == 10 + 20
+
+
+def test_capped_growth_takes_the_most_similar_pixels_first():
+    image = np.full((7, 7), 5.0, np.float32)  # far from the stroke: never grown into
+    image[3, 3] = 0.50  # a one-pixel stroke; its four neighbours are all similar enough ...
+    image[2, 3], image[4, 3], image[3, 2], image[3, 4] = 0.51, 0.53, 0.56, 0.58
+    scribbles = np.zeros(image.shape, np.int32)
+    scribbles[3, 3] = 2
+    capped = grow_scribbles(
+        image,
+        scribbles,
+        threshold=0.1,
+        max_distance=3,
+        intensity_range=(0.0, 1.0),
+        max_grown_ratio=2,
+    )
+    expected = scribbles.copy()
+    expected[2, 3] = expected[4, 3] = 2  # ... but the budget of 2 takes the two closest
+    np.testing.assert_array_equal(capped, expected)
 
 
 def test_balanced_loss_survives_20_to_1_background(model2, scene, config):
@@ -56,20 +84,72 @@ def test_balanced_loss_survives_20_to_1_background(model2, scene, config):
     n_bg, n_fg = (scribbles == 1).sum(), (scribbles == 2).sum()
     assert n_bg >= 20 * n_fg
     cfg = config.replace(keep_weight=0.0, class_balanced=True)
-    result = RefineSession(model2, image, cfg).run(scribbles)
+    session = RefineSession(model2, image, cfg)
+    nll = _pixel_nll(session, scribbles)
+    balanced = np.mean([nll[scribbles == c].mean() for c in (1, 2)])  # mean of class means
+    plain = nll[scribbles > 0].mean()
+    assert abs(balanced - plain) > 0.2 * balanced  # the two losses differ here
+    assert _first_loss(session, scribbles) == pytest.approx(balanced, rel=1e-4)
+    session.undo()  # forget the step taken to read the loss
+    result = session.run(scribbles)
     assert fraction(result.prediction, kinds == 1, 1) > 0.85  # bright disks stay nuclei
     assert fraction(result.prediction, kinds == 2, 0) > 0.85  # dim disks became background
 
 
-def test_single_class_strokes_do_not_flip_the_image(model2, scene, config):
+def _pixel_nll(session: RefineSession, scribbles: np.ndarray) -> np.ndarray:
+    """Each pixel's cross-entropy against its scribbled class under the current head."""
+    log_p = torch.log_softmax(session.logits().double(), dim=1)[0].numpy()
+    target = np.clip(scribbles - 1, 0, None)
+    return -np.take_along_axis(log_p, target[None], axis=0)[0]
+
+
+def _first_loss(session: RefineSession, scribbles: np.ndarray) -> float:
+    """The loss the session reports for its first step (measured before any update)."""
+    steps = session.refine(scribbles, previews=False)
+    first = next(steps)
+    steps.close()
+    assert first.iteration == 1 and not first.finished
+    return first.loss
+
+
+def test_grown_pixels_weigh_grown_weight_in_the_session_loss(model2, scene, config):
     image, kinds = scene
     scribbles = np.zeros(kinds.shape, np.int32)
-    scribble_disks(scribbles, kinds, 2, [0], value=1)  # one dim disk: background, nothing else
-    cfg = config.replace(learning_rate=0.05, momentum=0.9, max_iterations=80, stop_fraction=1.0)
-    kept = RefineSession(model2, image, cfg.replace(keep_weight=1.0)).run(scribbles)
+    scribble_disks(scribbles, kinds, 2, [0, 1], value=1)
+    scribble_disks(scribbles, kinds, 1, [0], value=2)
+    cfg = config.replace(region_growing=True, grow_threshold=0.1, keep_weight=0.0)
+    session = RefineSession(model2, image, cfg.replace(grown_weight=0.25))
+    used, grown = session.prepare_scribbles(scribbles)
+    assert grown is not None
+    added = (used > 0) & (scribbles == 0)
+    assert added.sum() > 0.5 * (scribbles > 0).sum()  # growth adds many pixels
+    nll = _pixel_nll(session, used)
+    weight = np.where(scribbles > 0, 1.0, 0.25)  # stroke pixels 1, grown pixels 1/4
+
+    def loss(w: np.ndarray) -> float:  # class-balanced weighted mean, by hand
+        return float(np.mean([(w * nll)[used == c].sum() / w[used == c].sum() for c in (1, 2)]))
+
+    assert abs(loss(weight) - loss(np.ones_like(weight))) > 1e-3  # the weights matter here
+    assert _first_loss(session, scribbles) == pytest.approx(loss(weight), rel=1e-4)
+
+
+def test_keep_term_stops_single_class_strokes_flipping_the_image(model3, scene, config):
+    """Strokes of one new class only: without the keep term every nucleus takes that class.
+
+    The two runs differ only in ``keep_weight``: the session must hand it to the loss.
+    """
+    image, kinds = scene
+    scribbles = np.zeros(kinds.shape, np.int32)
+    scribble_disks(scribbles, kinds, 2, [0, 1], value=3)  # two dim disks are "other"
+    cfg = config.replace(learning_rate=0.05, momentum=0.0, max_iterations=300)
+    free = RefineSession(model3, image, cfg.replace(keep_weight=0.0)).run(scribbles)
+    assert free.violations == 0
+    assert fraction(free.prediction, kinds == 1, 1) < 0.05  # the bright nuclei flipped too
+    kept = RefineSession(model3, image, cfg.replace(keep_weight=10.0)).run(scribbles)
     assert kept.violations == 0
-    assert fraction(kept.prediction, kinds == 1, 1) > 0.9
-    assert fraction(kept.prediction, kinds == 0, 0) > 0.9
+    assert fraction(kept.prediction, kinds == 1, 1) > 0.95  # bright disks stay nuclei
+    assert fraction(kept.prediction, kinds == 0, 0) > 0.95
+    assert fraction(kept.prediction, kinds == 2, 2) > 0.8  # the unscribbled dim disks too
 
 
 def test_keep_term_is_flat_at_the_anchor_and_pulls_a_drifted_head_back(model2, scene, config):

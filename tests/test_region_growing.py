@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 from _tiny_nets import readonly
+from scipy import ndimage
 
 from napari_scribble_refine.core.region_growing import (
     grow_scribbles,
@@ -200,3 +201,183 @@ def test_errors():
         grow_scribbles(image, -np.ones((8, 8), int))
     with pytest.raises(ValueError, match="max_distance must be an integer >= 0"):
         grow_scribbles(image, np.zeros((8, 8), int), max_distance=-1)
+
+
+# --- the growth cap, stroke by stroke (mutation-testing additions) ---------------------------
+
+
+def test_a_diagonal_stroke_is_one_stroke_with_one_budget():
+    image = np.zeros((15, 15))
+    scribbles = np.zeros(image.shape, np.int32)
+    scribbles[6, 6] = scribbles[7, 7] = scribbles[8, 8] = 2  # 8-connected only
+    grown = grow_scribbles(
+        image, scribbles, threshold=0.5, max_distance=5, intensity_range=(0, 1),
+        max_grown_ratio=1.5,
+    )  # fmt: skip
+    # one stroke of 3 pixels may add floor(1.5 * 3) = 4; three 1-pixel strokes only 3 x 1
+    assert (grown == 2).sum() == 3 + 4
+
+
+def test_each_stroke_of_three_classes_keeps_its_own_budget():
+    image = np.zeros((30, 30))
+    scribbles = np.zeros(image.shape, np.int32)
+    scribbles[3, 3] = 2  # class 1: one stroke
+    scribbles[5, 20] = 4  # class 3: a 1-pixel stroke, first in raster order among 3 and 4
+    scribbles[15, 3] = 3  # class 2: a 1-pixel stroke ...
+    scribbles[25, 10:13] = 3  # ... and a 3-pixel stroke
+    grown = grow_scribbles(
+        image, scribbles, threshold=0.5, max_distance=10, intensity_range=(0, 1),
+        max_grown_ratio=2,
+    )  # fmt: skip
+    assert (grown == 2).sum() == 1 + 2
+    assert (grown == 4).sum() == 1 + 2
+    regions, n = ndimage.label(grown == 3)
+    assert n == 2
+    assert (regions == regions[15, 3]).sum() == 1 + 2
+    assert (regions == regions[25, 11]).sum() == 3 + 6
+
+
+def test_a_budget_spreads_over_several_steps_one_pixel_each():
+    image = np.zeros((1, 20))
+    scribbles = np.zeros(image.shape, np.int32)
+    scribbles[0, 0] = 2
+    grown = grow_scribbles(
+        image, scribbles, threshold=0.5, max_distance=10, intensity_range=(0, 1),
+        max_grown_ratio=3,
+    )  # fmt: skip
+    # one candidate per step along the row: steps 1, 2 and 3 each spend one of the 3
+    np.testing.assert_array_equal(grown[0, :6], [2, 2, 2, 2, 0, 0])
+    assert (grown == 2).sum() == 4
+
+
+def test_default_threshold_and_distance():
+    image = _flat((41, 41))
+    seed = _seed(image.shape, ((20, 20), 2))
+    # 10 steps on a flat image: the L1 diamond of radius 10
+    assert (grow_scribbles(image, seed) == 2).sum() == 2 * 10 * 11 + 1
+    step = _step_image(0.06)  # an edge just above the default T = 0.05 ...
+    grown = grow_scribbles(step, _seed(step.shape, ((10, 19), 2)))
+    assert grown[10, 18] == 2 and grown[10, 20] == 0
+    step = _step_image(0.04)  # ... and one just below it
+    assert grow_scribbles(step, _seed(step.shape, ((10, 19), 2)))[10, 20] == 2
+
+
+def test_threshold_one_grows():
+    image = _flat((9, 9))
+    grown = grow_scribbles(image, _seed(image.shape, ((4, 4), 2)), threshold=1, max_distance=1)
+    assert (grown == 2).sum() == 5
+
+
+def test_a_contested_pixel_is_never_claimed_later():
+    image = np.zeros((3, 5))
+    image[1:, 3] = 1.0  # a wall below (0, 3) keeps class 2 from reaching row 1
+    seed = _seed(image.shape, ((0, 0), 1), ((0, 4), 2))
+    grown = grow_scribbles(image, seed, threshold=0.5, max_distance=6, intensity_range=(0, 1))
+    # (0, 2) is offered by both classes at step 2; class 1 reaches its neighbour (1, 2) at
+    # step 3, and offers it again alone at step 4: a tie is final
+    assert grown[0, 2] == 0
+    assert grown[1, 2] == 1 and grown[2, 2] == 1 and grown[0, 3] == 2
+
+
+def test_two_channel_images_use_both_channels():
+    image = np.zeros((10, 20, 2))
+    image[:, :10, 0] = 1.0
+    image[:, 10:, 1] = 1.0
+    grown = grow_scribbles(image, _seed((10, 20), ((5, 5), 2)), threshold=0.5, max_distance=20)
+    assert (grown[:, :10] == 2).all() and not grown[:, 10:].any()
+
+
+def test_a_cap_of_zero_means_no_cap():
+    image = _flat((21, 21))
+    seed = _seed(image.shape, ((10, 10), 2))
+    free = grow_scribbles(image, seed, threshold=0.5, max_distance=4)
+    np.testing.assert_array_equal(
+        grow_scribbles(image, seed, threshold=0.5, max_distance=4, max_grown_ratio=0), free
+    )
+    half = grow_scribbles(image, seed, threshold=0.5, max_distance=4, max_grown_ratio=0.5)
+    np.testing.assert_array_equal(half, seed)  # floor(0.5 * 1) = 0 pixels
+
+
+def test_error_messages_name_the_value():
+    image = np.zeros((8, 8))
+    labels = np.zeros((8, 8), int)
+    with pytest.raises(
+        TypeError,
+        match=r"^scribbles must be an integer label array \(see validate_scribbles\), got "
+        r"dtype float64$",
+    ):
+        grow_scribbles(image, np.zeros((8, 8)))
+    with pytest.raises(ValueError, match=r"^scribbles must be 2D or 3D, got shape \(8,\)$"):
+        grow_scribbles(np.zeros(8), np.zeros(8, int))
+    with pytest.raises(ValueError, match=r"spatial shape: image shape \(8, 8, 3\), scribbles"):
+        grow_scribbles(np.zeros((8, 8, 3)), np.zeros((8, 9), int))
+    with pytest.raises(ValueError, match=r"^threshold must be a number >= 0, got -0\.1$"):
+        grow_scribbles(image, labels, threshold=-0.1)
+    with pytest.raises(ValueError, match=r"^max_distance must be an integer >= 0, got 1\.5$"):
+        grow_scribbles(image, labels, max_distance=1.5)
+    with pytest.raises(
+        ValueError, match=r"^max_grown_ratio must be None or a number >= 0, got -1$"
+    ):
+        grow_scribbles(image, labels, max_grown_ratio=-1)
+    with pytest.raises(ValueError, match=r"^connectivity must be between 1 and 2 .* got 0$"):
+        grow_scribbles(image, labels, connectivity=0)
+
+
+def test_robust_range_of_a_large_image_uses_every_kth_pixel():
+    # 1024 x 1024 = 16 x 2**16 pixels: every 4th pixel along each axis, exactly the grid
+    # of distinct values written here; the other pixels would all move the top percentile
+    image = np.full((1024, 1024), 1e6)
+    grid = np.arange(256 * 256, dtype=np.float64)
+    image[::4, ::4] = grid.reshape(256, 256)
+    low, high = robust_intensity_range(image)
+    assert low == pytest.approx(np.percentile(grid, 0.5))
+    assert high == pytest.approx(np.percentile(grid, 99.5))
+
+
+def test_robust_range_subsamples_only_the_spatial_axes_of_a_colour_image():
+    image = np.full((1024, 1024, 3), 1e6)
+    grid = np.arange(256 * 256 * 3, dtype=np.float64)
+    image[::4, ::4, :] = grid.reshape(256, 256, 3)  # 2**20 pixels: every 4th, all channels
+    low, high = robust_intensity_range(image, channel_axis=-1)
+    assert low == pytest.approx(np.percentile(grid, 0.5))
+    assert high == pytest.approx(np.percentile(grid, 99.5))
+
+
+def test_robust_range_of_a_long_1d_signal_uses_every_kth_sample():
+    signal = np.full(5 * 2**16, 1e6)
+    grid = np.arange(2**16, dtype=np.float64)
+    signal[::5] = grid  # 5 x 2**16 samples in one dimension: every 5th
+    low, high = robust_intensity_range(signal)
+    assert low == pytest.approx(np.percentile(grid, 0.5))
+    assert high == pytest.approx(np.percentile(grid, 99.5))
+
+
+def _striped(channels: int | None) -> np.ndarray:
+    """512 x 512 (x 3): odd rows 1000, even rows in [0, 100], row 0 steps of 5 and 20.
+
+    Every 2nd pixel along each spatial axis estimates the range: the even rows only, so
+    about [0, 100] and T = 0.1 is 10 grey levels; taking the odd rows too would make it 100.
+    """
+    rng = np.random.default_rng(0)
+    shape = (512, 512) if channels is None else (512, 512, channels)
+    image = rng.uniform(0, 100, shape)
+    image[1::2] = 1000.0
+    row = np.where(np.arange(512) < 10, 50.0, np.where(np.arange(512) < 20, 55.0, 75.0))
+    if channels is None:
+        image[0] = row
+    else:
+        image[..., 0] = rng.uniform(0, 1, shape[:2])  # a dim first channel
+        image[1::2, :, 0] = 1000.0
+        image[0, :, 0] = 0.5
+        image[0, :, 1:] = row[:, None]
+    return image
+
+
+@pytest.mark.parametrize("channels", [None, 3])
+def test_growth_on_a_large_image_uses_the_subsampled_range(channels):
+    image = _striped(channels)
+    scribbles = _seed(image.shape[:2], ((0, 0), 2))
+    grown = grow_scribbles(image, scribbles, threshold=0.1, max_distance=40)
+    # the step of 5 (7.1 in colour) is below 10 grey levels, the step of 20 (28) above
+    assert (grown[0, :20] == 2).all() and not grown[0, 20:].any()
+    assert not grown[1:].any()

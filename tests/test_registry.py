@@ -136,8 +136,12 @@ def test_wrong_architecture_is_rejected(tmp_path):
     key = next(k for k in tensors if k.endswith("conv.weight"))
     tensors[key] = torch.zeros(7, 1, 1, 1)
     save_file(tensors, str(path), metadata=meta)
-    with pytest.raises(ValueError):
+    shape = list(net.state_dict()[key].shape)
+    with pytest.raises(ValueError, match="w.safetensors") as info:
         load_model(path)
+    message = str(info.value)
+    assert "1 shape mismatches" in message
+    assert f"{key} [7, 1, 1, 1] (model: {shape})" in message
 
 
 def test_own_safetensors_file_loads(tmp_path):

@@ -233,3 +233,171 @@ def test_merge_errors():
         merge_scribbles()
     with pytest.raises(TypeError, match=r"scribbles\[0\] must be an integer label array"):
         merge_scribbles(np.zeros((3, 3), bool))
+
+
+# --- mutation-testing additions: defaults, edges and exact messages -------------------------
+
+
+def test_points_default_radius_is_three():
+    out = points_to_scribbles([[10, 10]], 2, (21, 21))
+    # lattice points with x^2 + y^2 <= 9: 7 + 2 * 5 + 2 * 5 + 2 * 1
+    assert (out == 2).sum() == 29
+    assert out[10, 13] == 2 and out[10, 14] == 0 and out[12, 12] == 2 and out[12, 13] == 0
+
+
+def test_points_on_the_last_row_and_column_are_clipped_not_rejected():
+    out = points_to_scribbles([[9, 9]], 2, (10, 10), radius=1)
+    assert (out == 2).sum() == 3  # the centre and its neighbours above and to the left
+    assert out[9, 9] == 2 and out[8, 9] == 2 and out[9, 8] == 2
+
+
+def test_points_just_past_the_last_pixel_are_outside():
+    with pytest.raises(ValueError, match=r"points\[0\] = \[10\.0, 0\.0\] lies outside"):
+        points_to_scribbles([[10, 0]], 2, (10, 10))
+
+
+def test_points_with_one_coordinate_for_a_2d_image_are_rejected():
+    with pytest.raises(ValueError, match=r"points must have shape \(N, 2\).*got \(1, 1\)"):
+        points_to_scribbles([[5.0]], 2, (10, 10))
+
+
+def test_points_errors_for_non_finite_coordinates_and_bad_radius():
+    with pytest.raises(ValueError, match=r"^points must have finite coordinates$"):
+        points_to_scribbles([[np.nan, 1.0]], 2, (10, 10))
+    with pytest.raises(ValueError, match=r"^radius must be an integer >= 0, got -1$"):
+        points_to_scribbles([[1, 1]], 2, (10, 10), radius=-1)
+    with pytest.raises(ValueError, match=r"^radius must be an integer >= 0, got 1\.5$"):
+        points_to_scribbles([[1, 1]], 2, (10, 10), radius=1.5)
+
+
+def test_box_default_ring_is_three_pixels():
+    out = boxes_to_scribbles([[[10, 10], [20, 20]]], 2, (40, 40))
+    assert (out == 1).sum() == 17 * 17 - 11 * 11  # 7..23 minus the box 10..20
+    assert out[7, 15] == 1 and out[6, 15] == 0
+    assert out.dtype == np.int32
+
+
+def test_box_reaching_the_last_row_and_column_fills_them():
+    out = boxes_to_scribbles([[[5, 5], [9, 9]]], 2, (10, 10), ring=0, core_fraction=1.0)
+    assert (out == 2).sum() == 25  # 5..9 x 5..9 inclusive, the image's last pixels included
+    assert out[9, 9] == 2
+
+
+def test_box_touching_the_image_at_its_first_pixel_is_inside():
+    out = boxes_to_scribbles([[[-5, -5], [0, 0]]], 2, (10, 10), ring=0, core_fraction=1.0)
+    assert out[0, 0] == 2 and (out > 0).sum() == 1
+
+
+def test_box_starting_just_past_the_last_pixel_is_outside():
+    with pytest.raises(ValueError, match=r"boxes\[0\] with corners .* lies outside"):
+        boxes_to_scribbles([[[10, 10], [15, 15]]], 2, (10, 10))
+
+
+def test_box_corner_array_errors():
+    with pytest.raises(ValueError, match=r"boxes\[0\] must be corner coordinates.*got \(1, 2\)"):
+        boxes_to_scribbles([[[1, 2]]], 2, (10, 10))
+    with pytest.raises(ValueError, match=r"boxes\[0\] must be corner coordinates.*got \(2,\)"):
+        boxes_to_scribbles([[1, 2]], 2, (10, 10))
+    with pytest.raises(ValueError, match=r"^boxes\[0\] must have finite coordinates$"):
+        boxes_to_scribbles([[[0, 0], [np.inf, 3]]], 2, (10, 10))
+    with pytest.raises(
+        ValueError, match=r"classes must be one scribble value or one per box \(1\)"
+    ):
+        boxes_to_scribbles([[[0, 0], [3, 3]]], [2, 3], (10, 10))
+
+
+@pytest.mark.parametrize("fraction", [0.0, -0.5, 1.5])
+def test_box_core_fraction_outside_zero_one_is_rejected(fraction):
+    with pytest.raises(ValueError, match=r"^core_fraction must be in \(0, 1\], got "):
+        boxes_to_scribbles([[[0, 0], [4, 4]]], 2, (10, 10), core_fraction=fraction)
+
+
+def test_box_core_fraction_one_is_the_whole_box():
+    out = boxes_to_scribbles([[[2, 2], [6, 6]]], 2, (10, 10), ring=0, core_fraction=1.0)
+    assert (out == 2).sum() == 25
+
+
+def test_merge_never_writes_into_an_int32_input():
+    first = np.array([[1, 0], [0, 0]], dtype=np.int32)
+    merge_scribbles(first, np.array([[0, 2], [0, 0]], dtype=np.int32))
+    np.testing.assert_array_equal(first, [[1, 0], [0, 0]])
+
+
+def test_merge_accepts_whole_floats_after_the_first_array():
+    out = merge_scribbles(np.zeros((2, 2), np.int32), np.array([[0.0, 3.0], [1.0, 0.0]]))
+    assert out.dtype == np.int32
+    np.testing.assert_array_equal(out, [[0, 3], [1, 0]])
+
+
+def test_merge_without_arrays_names_the_function():
+    with pytest.raises(ValueError, match=r"^merge_scribbles needs at least one scribble array$"):
+        merge_scribbles()
+
+
+def test_validate_returns_a_copy_of_an_int32_input():
+    scribbles = np.zeros((3, 3), np.int32)
+    out = validate_scribbles(scribbles, (3, 3), 2)
+    assert not np.shares_memory(out, scribbles)
+
+
+def test_validate_n_classes_must_be_a_whole_number_of_at_least_one():
+    one = validate_scribbles(np.ones((2, 2), int), (2, 2), n_classes=1)  # background only
+    np.testing.assert_array_equal(one, 1)
+    for bad in (0, 1.5):
+        with pytest.raises(ValueError, match=rf"^n_classes must be an integer >= 1, got {bad}$"):
+            validate_scribbles(np.zeros((2, 2), int), (2, 2), n_classes=bad)
+
+
+def test_validate_empty_array_of_size_zero():
+    out = validate_scribbles(np.zeros((0, 4), int), (0, 4), 2)
+    assert out.shape == (0, 4) and out.dtype == np.int32
+
+
+def test_validate_error_hints_are_complete():
+    scribbles = np.zeros((3, 3), int)
+    scribbles[0, 0] = 4
+    with pytest.raises(ValueError, match=r"; to add a class, allow a new class \(value 4\)$"):
+        validate_scribbles(scribbles, (3, 3), n_classes=3)
+    scribbles[0, 0] = 5
+    with pytest.raises(ValueError, match=r"; at most one new class can be added at a time$"):
+        validate_scribbles(scribbles, (3, 3), n_classes=3, allow_new_class=True)
+
+
+def test_validate_error_messages_for_bool_and_fractional_values():
+    with pytest.raises(
+        TypeError,
+        match=r"^scribbles must be an integer label array, got a boolean mask; convert it "
+        r"explicitly \(1 = background, c \+ 1 = class c\), e\.g\. mask\.astype\(int\) \* "
+        r"\(c \+ 1\)$",
+    ):
+        validate_scribbles(np.ones((3, 3), bool), (3, 3), 2)
+    scribbles = np.zeros((3, 3))
+    scribbles[2, 1] = 1.5
+    with pytest.raises(
+        ValueError,
+        match=r"^scribbles must hold whole numbers \(integer labels\), got value "
+        r"np\.float64\(1\.5\) in a float64 array$|^scribbles must hold whole numbers "
+        r"\(integer labels\), got value 1\.5 in a float64 array$",
+    ):
+        validate_scribbles(scribbles, (3, 3), 3)
+
+
+def test_point_and_box_class_errors_name_the_classes_argument():
+    with pytest.raises(ValueError, match=r"^classes must be >= 0 "):
+        points_to_scribbles([[1, 1]], -1, (10, 10))
+    with pytest.raises(ValueError, match=r"^classes must be scribble values >= 1 \(1 = back"):
+        points_to_scribbles([[1, 1]], 0, (10, 10))
+
+
+def test_spatial_shape_must_be_2d_or_3d_with_at_least_one_pixel():
+    out = points_to_scribbles([[0, 2]], 2, (1, 5), radius=1)  # a single row is an image
+    np.testing.assert_array_equal(out, [[0, 2, 2, 2, 0]])
+    for bad, text in (
+        ((10,), r"\(10,\)"),
+        ((0, 5), r"\(0, 5\)"),
+        ((2, 2, 2, 2), r"\(2, 2, 2, 2\)"),
+    ):
+        with pytest.raises(
+            ValueError, match=rf"^spatial_shape must be \(Y, X\) or \(Z, Y, X\), got {text}$"
+        ):
+            points_to_scribbles(np.zeros((0, len(bad))), 2, bad)

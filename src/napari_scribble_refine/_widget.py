@@ -15,6 +15,8 @@ The same widget drives scripted sessions (see :mod:`.scripting`)::
 from __future__ import annotations
 
 import time
+import weakref
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -229,10 +231,23 @@ class ScribbleRefineWidget(Container):
         self._reset_button.changed.connect(lambda: self.reset_model())
         self._add_class_button.changed.connect(lambda: self.add_class())
         for action, key in SHORTCUTS.items():
-            self._viewer.bind_key(key, partial(self._on_shortcut, action), overwrite=True)
+            self._viewer.bind_key(key, self._shortcut(action), overwrite=True)
         self._close_watcher = _CloseWatcher(self.native, self.shutdown)
-        runner = self._runner
-        self.native.destroyed.connect(lambda *_: runner.stop())
+        # Closing the viewer deletes the widget without a close event of its own: shut down
+        # then, or a pending live update (or a task's result) would reach deleted controls.
+        # A weak reference, so that the connection does not keep the widget alive.
+        this = weakref.ref(self)
+        runner, live = self._runner, self._live
+
+        def destroyed(*_: Any) -> None:
+            widget = this()
+            if widget is not None:
+                widget.shutdown()
+            else:
+                live.discard()
+                runner.stop()
+
+        self.native.destroyed.connect(destroyed)
         self._on_scribbles_changed()
 
     # ------------------------------------------------------------------ properties
@@ -863,7 +878,10 @@ class ScribbleRefineWidget(Container):
 
     def _on_busy(self, busy: bool) -> None:
         if not busy:
-            self._live.flush()
+            if self._closed:
+                self._live.discard()
+            else:
+                self._live.flush()
             if self._progress is not None:
                 self._progress.close()
                 self._progress = None
@@ -877,21 +895,26 @@ class ScribbleRefineWidget(Container):
         show_error(failed.message)
 
     def _on_step(self, step: Any) -> None:
-        bar = self._progress
-        if bar is not None:
-            bar.update(max(0, step.iteration - bar.n))
-        if bar is not None and bar is self._progress:
-            bar.set_description(f"Refine: loss {step.loss:.3g}, {step.violations} wrong")
+        # Show the step before touching the progress bar: napari's bar processes Qt events
+        # when it changes, so later steps (even the task's result) can be handled inside
+        # its update. Shown first, this step never replaces a later one on screen.
         self._set_status(
             f"Iteration {step.iteration}: loss {step.loss:.3g}, "
             f"{step.violations} scribbled pixels still wrong"
         )
         if step.prediction is not None:
             self._live.push(step.prediction)
+        bar = self._progress
+        if bar is not None:
+            bar.update(max(0, step.iteration - bar.n))
+        if bar is not None and bar is self._progress:
+            bar.set_description(f"Refine: loss {step.loss:.3g}, {step.violations} wrong")
 
     def _show_live_prediction(self, prediction: np.ndarray) -> None:
+        if self._closed:  # before touching a control: they may be deleted already
+            return
         image = self._image.value
-        if image is None or self._closed:
+        if image is None:
             return
         self._prediction_layer = _layers.set_output(
             self._viewer,
@@ -942,9 +965,10 @@ class ScribbleRefineWidget(Container):
             )
 
     def _set_status(self, message: str) -> None:
+        if self._closed:  # the label may be deleted already
+            return
         self._status.value = message
-        if not self._closed:
-            self._viewer.status = f"Scribble Refine: {message}"
+        self._viewer.status = f"Scribble Refine: {message}"
 
     def _update_buttons(self, *_: Any) -> None:
         busy = self._runner.busy
@@ -960,7 +984,31 @@ class ScribbleRefineWidget(Container):
         for widget in (self._image, self._model_choice, self._device):
             widget.enabled = not busy
 
-    def _on_shortcut(self, action: str, _viewer: Any = None) -> None:
+    def _shortcut(self, action: str) -> Callable[[Any], None]:
+        """Return the key binding that runs ``action`` (``"refine"``, ``"undo"``, ``"redo"``).
+
+        napari looks up key bindings by their function's ``__name__`` on every key press,
+        so the binding is a named function (a ``functools.partial`` has no name and breaks
+        every shortcut of the viewer).
+
+        Parameters
+        ----------
+        action : str
+            The widget method to call.
+
+        Returns
+        -------
+        callable
+            A function of the viewer, named ``scribble_refine_<action>``.
+        """
+
+        def run(viewer: Any = None) -> None:
+            self._on_shortcut(action)
+
+        run.__name__ = run.__qualname__ = f"scribble_refine_{action}"
+        return run
+
+    def _on_shortcut(self, action: str) -> None:
         if not self._closed:
             getattr(self, action)()
 

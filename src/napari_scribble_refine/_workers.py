@@ -5,9 +5,11 @@ so that exceptions come back as :class:`Failed` results (shown as notifications 
 widget, never as tracebacks on the console). Cancelling sets :attr:`TaskRunner.cancelled`,
 which the task's generator checks after each yield: it then stops, closes the engine's
 generator in the worker thread and returns the state reached, so a cancelled refinement
-leaves the session consistent and undoable. (``worker.quit()`` would abandon the generator
-suspended mid-iteration instead.) Handlers run on the GUI thread. :class:`Throttle` keeps
-only the latest of a burst of values and delivers at most one every ``interval_ms``.
+leaves the session consistent and undoable. ``worker.quit()`` (napari calls it for every
+running task when its window closes) would abandon the generator suspended mid-iteration;
+the runner then closes it in the worker thread, with the same effect as Cancel. Handlers run
+on the GUI thread. :class:`Throttle` keeps only the latest of a burst of values and delivers
+at most one every ``interval_ms``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from napari.qt.threading import create_worker
-from qtpy.QtCore import QEventLoop, QTimer
+from qtpy.QtCore import QEventLoop, Qt, QTimer
 
 
 @dataclass
@@ -49,6 +51,11 @@ def _run_generator(gen: Generator, done: threading.Event):
     finally:
         gen.close()
         done.set()
+
+
+def _forward(gen: Generator):
+    """Run ``gen`` in a worker: the worker then holds this generator, not ``gen`` itself."""
+    return (yield from gen)
 
 
 def _run_function(func: Callable[[], Any], done: threading.Event):
@@ -122,7 +129,15 @@ class TaskRunner:
         self._cancel = threading.Event()
         self._done = threading.Event()
         if isinstance(work, Generator):
-            worker = create_worker(_run_generator, work, self._done)
+            task, done = _run_generator(work, self._done), self._done
+
+            def abandoned() -> None:
+                # quit() leaves the task suspended: close it now, in the worker thread
+                task.close()
+                done.set()  # also when it never started (then close() runs no finally)
+
+            worker = create_worker(_forward, task)
+            worker.aborted.connect(abandoned, Qt.ConnectionType.DirectConnection)
             if on_yielded is not None:
                 worker.yielded.connect(on_yielded)
         else:
@@ -233,6 +248,11 @@ class Throttle:
         self._timer.timeout.connect(self.flush)
         self.delivered = 0
 
+    @property
+    def pending(self) -> bool:
+        """Whether a value waits for its turn (its delivery timer runs)."""
+        return self._has_pending
+
     def push(self, value: Any) -> None:
         """Offer a value: delivered now, or later if one was delivered very recently.
 
@@ -248,9 +268,15 @@ class Throttle:
         elif not self._timer.isActive():
             self._timer.start(max(1, int(wait * 1000)))
 
+    def _stop_timer(self) -> None:
+        try:
+            self._timer.stop()
+        except RuntimeError:  # Qt deleted the timer already (the application is exiting)
+            pass
+
     def flush(self) -> None:
         """Deliver the waiting value, if any, now."""
-        self._timer.stop()
+        self._stop_timer()
         if not self._has_pending:
             return
         value, self._pending, self._has_pending = self._pending, None, False
@@ -260,5 +286,5 @@ class Throttle:
 
     def discard(self) -> None:
         """Forget the waiting value without delivering it."""
-        self._timer.stop()
+        self._stop_timer()
         self._pending, self._has_pending = None, False

@@ -36,40 +36,25 @@ def notifications():
     notification_manager.notification_ready.disconnect(seen.append)
 
 
-def _model(name: str, tmp_path_factory, in_channels: int, classes: list[str]) -> str:
-    """The built-in model when its weights are installed, else an untrained stand-in file.
-
-    The stand-in has the built-in's architecture and classes, so every widget path runs;
-    only how good the predictions are differs.
-    """
+def _builtin(name: str) -> str:
+    """The name of a built-in model, whose weights ship with the package."""
     from napari_scribble_refine.core.models.registry import builtin_weights
 
-    if builtin_weights(name).is_file():
-        return name
-    import torch
-
-    from napari_scribble_refine.core.models.hovernet import HoVerNet, HoVerNetConfig
-    from napari_scribble_refine.core.models.hovernet_checkpoint import save_hovernet_safetensors
-
-    torch.manual_seed(0)
-    types = len(classes) if len(classes) > 2 else None
-    net = HoVerNet(HoVerNetConfig.small(nr_types=types, in_channels=in_channels))
-    path = tmp_path_factory.mktemp("models") / f"{name}-untrained.safetensors"
-    norm = {"kind": "percentile", "low": 1.0, "high": 99.8}
-    return str(save_hovernet_safetensors(net, path, classes, normalisation=norm))
+    weights = builtin_weights(name)
+    assert weights.is_file(), f"the built-in model's weights are missing: {weights}"
+    return name
 
 
 @pytest.fixture(scope="session")
-def fluo_model(tmp_path_factory) -> str:
-    """Name or path of the greyscale nucleus model."""
-    return _model("hovernet-fluo", tmp_path_factory, 1, ["background", "nucleus"])
+def fluo_model() -> str:
+    """Name of the greyscale nucleus model."""
+    return _builtin("hovernet-fluo")
 
 
 @pytest.fixture(scope="session")
-def he_model(tmp_path_factory) -> str:
-    """Name or path of the H&E model with nucleus types."""
-    classes = ["background", "other", "inflammatory", "epithelial", "spindle"]
-    return _model("hovernet-he", tmp_path_factory, 3, classes)
+def he_model() -> str:
+    """Name of the H&E model with nucleus types."""
+    return _builtin("hovernet-he")
 
 
 @pytest.fixture(scope="session")
@@ -93,5 +78,19 @@ def docked(viewer_with_image, fluo_model, qtbot):
 
     widget = open_widget(viewer_with_image, image="nuclei", model=fluo_model, device="cpu")
     widget.configure(iterations=10)
+    assert not widget.busy
+    return widget
+
+
+@pytest.fixture
+def shown(make_napari_viewer, fluo_model, fluo_sample, qtbot):
+    """The widget docked in a shown viewer over the sample, for real key presses and clicks."""
+    from napari_scribble_refine.scripting import open_widget
+
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(fluo_sample.image, name="nuclei")
+    widget = open_widget(viewer, image="nuclei", model=fluo_model, device="cpu")
+    widget.configure(iterations=10)
+    assert viewer.window._qt_window.isVisible()
     assert not widget.busy
     return widget

@@ -19,18 +19,6 @@ def test_manifest_validates():
     assert [w.display_name for w in manifest.contributions.widgets] == [WIDGET]
 
 
-def test_npe2_validate_command():
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    npe2 = Path(sys.executable).with_name("npe2")
-    out = subprocess.run(
-        [str(npe2), "validate", PLUGIN, "--imports"], capture_output=True, text=True
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
-
-
 def test_dock_by_plugin_name(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
     dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)

@@ -1,0 +1,236 @@
+"""Undo / redo / reset of the head (``core/history.py``) on a real model's head.
+
+Expected weights are the tensors the test itself wrote into the head, never values read back
+through the history.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from _tiny_nets import CLASSES2, TinyUNet
+
+from napari_scribble_refine.core.config import RefineConfig
+from napari_scribble_refine.core.history import Constraints, HeadHistory
+from napari_scribble_refine.core.models.module import TorchModuleModel
+
+
+@pytest.fixture
+def model() -> TorchModuleModel:
+    torch.manual_seed(0)
+    return TorchModuleModel(TinyUNet(n_classes=2), CLASSES2, size_multiple=2)
+
+
+def _weights(model: TorchModuleModel) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.head_module.named_parameters()}
+
+
+def _set(model: TorchModuleModel, value: float) -> dict[str, torch.Tensor]:
+    """Fill every head parameter with ``value``; return what was written."""
+    with torch.no_grad():
+        for p in model.head_module.parameters():
+            p.fill_(value)
+    return _weights(model)
+
+
+def _assert_weights(model: TorchModuleModel, expected: dict[str, torch.Tensor]) -> None:
+    now = _weights(model)
+    assert now.keys() == expected.keys()
+    for name, value in expected.items():
+        assert torch.equal(now[name], value), name
+
+
+def _constraints(value: int, pinned: bool) -> Constraints:
+    scribbles = np.zeros((4, 4), np.int32)
+    scribbles[0, 0] = value
+    return Constraints(scribbles, pinned, RefineConfig())
+
+
+def test_a_new_history_holds_only_the_pretrained_head(model):
+    pretrained = _weights(model)
+    history = HeadHistory(model)
+    assert history.position == 0
+    assert history.labels == ["pre-trained"]
+    assert not history.can_undo and not history.can_redo
+    assert history.is_pretrained
+    assert history.constraints is None and history.pins is None
+    assert history.anchor.keys() == pretrained.keys()
+    for name, value in pretrained.items():
+        assert torch.equal(history.anchor[name], value)
+    assert history.undo() is False and history.redo() is False
+    assert history.reset() is False  # already the pre-trained head
+    assert history.labels == ["pre-trained"] and history.position == 0
+
+
+def test_the_anchor_is_a_copy_that_later_changes_do_not_touch(model):
+    pretrained = _weights(model)
+    history = HeadHistory(model)
+    _set(model, 3.0)
+    for name, value in pretrained.items():
+        assert torch.equal(history.anchor[name], value)
+
+
+def test_undo_and_redo_restore_the_exact_weights_of_each_entry(model):
+    pretrained = _weights(model)
+    history = HeadHistory(model)
+    first = _set(model, 1.0)
+    history.push("first")
+    second = _set(model, 2.0)
+    history.push("second")
+    assert history.labels == ["pre-trained", "first", "second"]
+    assert history.position == 2 and history.can_undo and not history.can_redo
+    assert not history.is_pretrained
+
+    assert history.undo() is True
+    assert history.position == 1 and history.can_undo and history.can_redo
+    _assert_weights(model, first)
+    assert history.undo() is True
+    assert history.position == 0 and not history.can_undo and history.can_redo
+    _assert_weights(model, pretrained)
+    assert history.is_pretrained
+    assert history.undo() is False
+    _assert_weights(model, pretrained)
+
+    assert history.redo() is True
+    assert history.position == 1
+    _assert_weights(model, first)
+    assert history.redo() is True
+    assert history.position == 2 and not history.can_redo
+    _assert_weights(model, second)
+    assert history.redo() is False
+    assert history.position == 2
+    _assert_weights(model, second)
+
+
+def test_pushing_after_undo_drops_the_undone_entries(model):
+    history = HeadHistory(model)
+    _set(model, 1.0)
+    history.push("first")
+    _set(model, 2.0)
+    history.push("second")
+    history.undo()
+    third = _set(model, 3.0)
+    history.push("third")
+    assert history.labels == ["pre-trained", "first", "third"]
+    assert history.position == 2 and not history.can_redo
+    history.undo()
+    history.redo()
+    _assert_weights(model, third)
+
+
+def test_a_live_entry_is_copied_when_the_history_next_needs_it(model):
+    history = HeadHistory(model)
+    history.push_live("refine")
+    assert history.labels == ["pre-trained", "refine"] and history.position == 1
+    assert not history.is_pretrained  # live weights are never "the pre-trained head"
+    final = _set(model, 5.0)  # the refinement changes the weights in place afterwards
+    assert history.undo() is True  # freezes the live weights before restoring entry 0
+    _set(model, -1.0)
+    assert history.redo() is True
+    _assert_weights(model, final)  # the weights at undo time, not at push_live time
+
+
+def test_freeze_copies_live_weights_once(model):
+    history = HeadHistory(model)
+    history.push_live("refine")
+    frozen = _set(model, 4.0)
+    history.freeze()
+    _set(model, 7.0)
+    history.freeze()  # already frozen: keeps the first copy
+    history.undo()
+    history.redo()
+    _assert_weights(model, frozen)
+
+
+def test_push_live_keeps_the_anchor_and_takes_the_given_constraints(model):
+    history = HeadHistory(model)
+    anchor = history.anchor
+    pinned = _constraints(2, pinned=True)
+    history.push_live("refine", pinned)
+    assert history.anchor is anchor
+    assert history.constraints is pinned
+    assert history.pins is pinned.scribbles
+    history.undo()
+    assert history.constraints is None and history.pins is None
+
+
+def test_push_carries_constraints_over_unless_given(model):
+    history = HeadHistory(model)
+    pinned = _constraints(2, pinned=True)
+    history.push("refine", constraints=pinned)
+    assert history.constraints is pinned
+    history.push("edit")  # default: the current constraints carry over
+    assert history.constraints is pinned
+    history.push("clear", constraints=None)
+    assert history.constraints is None and history.pins is None
+    unpinned = _constraints(3, pinned=False)
+    history.push("unpinned", constraints=unpinned)
+    assert history.constraints is unpinned
+    assert history.pins is None  # constraints that are not pinned pin nothing
+
+
+def test_push_takes_a_new_anchor_only_when_given(model):
+    history = HeadHistory(model)
+    old = history.anchor
+    history.push("plain")
+    assert history.anchor is old
+    new = {n: torch.full_like(p, 9.0) for n, p in old.items()}
+    history.push("add class", anchor=new)
+    assert history.anchor is new
+    history.undo()
+    assert history.anchor is old
+
+
+def test_reset_restores_the_pretrained_head_as_a_new_undoable_entry(model):
+    pretrained = _weights(model)
+    history = HeadHistory(model)
+    anchor = history.anchor
+    changed = _set(model, 1.5)
+    history.push("refine", constraints=_constraints(2, pinned=True))
+    assert history.reset() is True
+    assert history.labels == ["pre-trained", "refine", "reset"]
+    assert history.position == 2 and history.can_undo and not history.can_redo
+    _assert_weights(model, pretrained)
+    assert history.is_pretrained
+    assert history.anchor is anchor
+    assert history.constraints is None and history.pins is None
+    assert history.reset() is False  # nothing to reset now
+    assert history.labels == ["pre-trained", "refine", "reset"]
+    assert history.undo() is True
+    _assert_weights(model, changed)
+    assert not history.is_pretrained
+
+
+def test_reset_freezes_a_live_entry_first(model):
+    history = HeadHistory(model)
+    history.push_live("refine")
+    live = _set(model, 2.5)
+    assert history.reset() is True
+    history.undo()
+    _assert_weights(model, live)
+
+
+def test_reset_after_undo_drops_the_undone_entries(model):
+    history = HeadHistory(model)
+    _set(model, 1.0)
+    history.push("first")
+    _set(model, 2.0)
+    history.push("second")
+    history.undo()
+    assert history.reset() is True
+    assert history.labels == ["pre-trained", "first", "reset"]
+
+
+def test_push_live_after_a_push_moves_to_the_newest_entry(model):
+    history = HeadHistory(model)
+    first = _set(model, 1.0)
+    history.push("first")
+    history.push_live("refine")
+    assert history.position == 2 and history.labels == ["pre-trained", "first", "refine"]
+    assert not history.can_redo
+    live = _set(model, 2.0)
+    history.undo()
+    _assert_weights(model, first)
+    history.redo()
+    _assert_weights(model, live)

@@ -1,0 +1,575 @@
+"""What the head trains on and its loss (``core/refine_loop.py``), against hand computations.
+
+Small untrained networks give the three geometries: a point-wise head on cached features, a
+spatial head (a 3x3 convolution, halo 1) on cached features, and an opaque model whose head
+cannot be split off. Expected batches are cut from the features by hand; expected losses and
+gradients are worked out from the logits with the formulas written here in numpy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from _tiny_nets import SkipHeadNet
+from torch import nn
+
+from napari_scribble_refine.core import refine_loop
+from napari_scribble_refine.core.config import RefineConfig
+from napari_scribble_refine.core.models.module import TorchModuleModel
+from napari_scribble_refine.core.refine_loop import (
+    IGNORE,
+    Anchored,
+    Batch,
+    build_batches,
+    keep_batch,
+    loss_and_gradients,
+    pixel_weights,
+    scribble_targets,
+)
+
+CLASSES = ["background", "a", "b"]
+
+
+def _pointwise() -> TorchModuleModel:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 3, 1))
+    model = TorchModuleModel(net, CLASSES)
+    assert model.trunk_is_cached and model.head_is_pointwise
+    return model
+
+
+def _spatial() -> TorchModuleModel:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(4, 3, 1),
+    )  # fmt: skip
+    model = TorchModuleModel(net, CLASSES, n_layers=2)
+    assert model.trunk_is_cached and not model.head_is_pointwise and model.head_halo == 1
+    return model
+
+
+def _opaque() -> TorchModuleModel:
+    torch.manual_seed(0)
+    model = TorchModuleModel(SkipHeadNet(n_classes=3), CLASSES, n_layers=2)
+    assert not model.trunk_is_cached
+    return model
+
+
+def _features(key: str, shape: tuple[int, ...], seed: int = 0) -> dict[str, torch.Tensor]:
+    return {key: torch.randn(shape, generator=torch.Generator().manual_seed(seed))}
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Along axis 0, in float64."""
+    logits = logits.astype(np.float64)
+    top = logits.max(axis=0, keepdims=True)
+    return logits - top - np.log(np.exp(logits - top).sum(axis=0, keepdims=True))
+
+
+def _zero_anchor(model: TorchModuleModel) -> dict[str, torch.Tensor]:
+    """A head of zeros: every logit 0, so its log-probabilities are all -log(C)."""
+    return {n: torch.zeros_like(p) for n, p in model.head_module.named_parameters()}
+
+
+def _params(model: TorchModuleModel) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.head_module.named_parameters()}
+
+
+def _assert_params(model: TorchModuleModel, expected: dict[str, torch.Tensor]) -> None:
+    for name, p in model.head_module.named_parameters():
+        assert torch.equal(p.detach(), expected[name]), name
+
+
+# --- targets and weights --------------------------------------------------------------------
+
+
+def test_scribble_targets_shift_labels_down_by_one_with_ignore_for_unscribbled():
+    targets = scribble_targets(np.array([[0, 1], [3, 2]], np.int32))
+    assert IGNORE == -1
+    assert targets.dtype == np.int64
+    np.testing.assert_array_equal(targets, [[-1, 0], [2, 1]])
+
+
+def test_pixel_weights_plain_weighted_mean_discounts_grown_pixels():
+    used = np.array([[1, 1, 1, 1, 1, 1, 2, 2, 0]])
+    strokes = np.array([[1, 1, 0, 0, 0, 0, 2, 2, 0]])  # four grown pixels of class 1
+    w = pixel_weights(used, strokes, RefineConfig(class_balanced=False, grown_weight=0.25))
+    assert w.dtype == np.float32
+    # weights 1, 1, 0.25 x 4, 1, 1 sum to 5
+    np.testing.assert_allclose(w, [[0.2, 0.2, 0.05, 0.05, 0.05, 0.05, 0.2, 0.2, 0]], rtol=1e-6)
+
+
+def test_pixel_weights_balanced_give_each_class_an_equal_share():
+    used = np.array([[1, 2, 2, 3, 3, 3, 3, 0]])
+    w = pixel_weights(used, used, RefineConfig(class_balanced=True, grown_weight=0.5))
+    third = 1 / 3
+    np.testing.assert_allclose(
+        w, [[third, third / 2, third / 2, third / 4, third / 4, third / 4, third / 4, 0]], rtol=1e-6
+    )
+
+
+def test_pixel_weights_balanced_with_a_weightless_class_renormalise_the_rest():
+    used = np.array([[1, 1, 1, 2, 2]])
+    strokes = np.array([[1, 1, 1, 0, 0]])  # class 2 is all grown and grown pixels weigh 0
+    w = pixel_weights(used, strokes, RefineConfig(class_balanced=True, grown_weight=0.0))
+    assert np.isfinite(w).all()
+    np.testing.assert_allclose(w, [[1 / 3, 1 / 3, 1 / 3, 0, 0]], rtol=1e-6)
+
+
+def test_pixel_weights_of_nothing_scribbled_are_zero():
+    used = np.zeros((3, 4), np.int32)
+    w = pixel_weights(used, used, RefineConfig())
+    assert w.dtype == np.float32 and not w.any()
+
+
+# --- point-wise heads -----------------------------------------------------------------------
+
+
+def _scribbled_targets() -> tuple[np.ndarray, list[tuple[int, int, int]], list[int]]:
+    targets = np.full((2, 5, 6), IGNORE, np.int64)
+    where = [(0, 0, 4), (0, 3, 1), (1, 2, 2), (1, 4, 5), (1, 4, 0)]
+    labels = [2, 0, 1, 1, 0]
+    for (z, y, x), c in zip(where, labels, strict=True):
+        targets[z, y, x] = c
+    return targets, where, labels
+
+
+def test_pointwise_batch_gathers_the_scribbled_pixels_in_raster_order():
+    model = _pointwise()
+    features = _features("trunk", (2, 4, 5, 6))
+    targets, where, labels = _scribbled_targets()
+    weights = np.zeros(targets.shape, np.float32)
+    for i, (z, y, x) in enumerate(where):
+        weights[z, y, x] = 0.1 * (i + 1)
+    batches = build_batches(model, features, targets, weights)
+    assert len(batches) == 1
+    batch = batches[0]
+    order = sorted(range(len(where)), key=lambda i: where[i])  # (z, y, x) raster order
+    f = features["trunk"]
+    expected = torch.stack([f[where[i][0], :, where[i][1], where[i][2]] for i in order], dim=1)
+    assert batch.features["trunk"].shape == (1, 4, 1, 5)
+    torch.testing.assert_close(batch.features["trunk"][0, :, 0, :], expected)
+    assert batch.target.dtype == torch.long
+    assert batch.target.tolist() == [[[labels[i] for i in order]]]
+    torch.testing.assert_close(
+        batch.weight, torch.tensor([[[0.1 * (i + 1) for i in order]]], dtype=torch.float32)
+    )
+    assert batch.keep is None and batch.keep_share is None
+    plain = build_batches(model, features, targets)
+    assert len(plain) == 1 and plain[0].weight is None
+
+
+def test_pointwise_batches_are_cut_in_chunks_of_point_chunk(monkeypatch):
+    model = _pointwise()
+    features = _features("trunk", (2, 4, 5, 6))
+    targets, _, _ = _scribbled_targets()
+    weights = (targets >= 0).astype(np.float32) / 5
+    whole = build_batches(model, features, targets, weights)[0]
+    monkeypatch.setattr(refine_loop, "POINT_CHUNK", 2)
+    chunks = build_batches(model, features, targets, weights)
+    assert [b.target.shape[-1] for b in chunks] == [2, 2, 1]
+    torch.testing.assert_close(
+        torch.cat([b.features["trunk"] for b in chunks], dim=-1), whole.features["trunk"]
+    )
+    assert torch.equal(torch.cat([b.target for b in chunks], dim=-1), whole.target)
+    torch.testing.assert_close(torch.cat([b.weight for b in chunks], dim=-1), whole.weight)
+
+
+def test_pointwise_keep_batch_is_appended_only_with_a_keep_weight():
+    model = _pointwise()
+    features = _features("trunk", (2, 4, 5, 6))
+    targets, _, _ = _scribbled_targets()
+    assert len(build_batches(model, features, targets, keep_weight=0.0)) == 1
+    batches = build_batches(model, features, targets, keep_weight=0.5, seed=1)
+    assert len(batches) == 2
+    keep = batches[1]
+    assert keep.keep is not None and keep.weight is None
+    assert float(keep.keep_share.sum()) == pytest.approx(0.5)
+
+
+def test_keep_batch_samples_free_pixels_and_records_the_anchor_output(monkeypatch):
+    monkeypatch.setattr(refine_loop, "KEEP_SAMPLES", 5)
+    model = _pointwise()
+    before = _params(model)
+    features = _features("trunk", (1, 4, 4, 4))
+    targets = np.full((1, 4, 4), IGNORE, np.int64)
+    targets[0, 1, 1] = 0
+    targets[0, 2, 3] = 2
+    batch = keep_batch(model, features, targets, 2.0, seed=0, anchor=_zero_anchor(model))
+    n = batch.target.shape[-1]
+    assert n == 5  # KEEP_SAMPLES of the 14 free pixels
+    assert batch.target.tolist() == [[[IGNORE] * 5]]
+    assert batch.weight is None
+    torch.testing.assert_close(batch.keep_share, torch.full((1, 1, 5), 2.0 / 5))
+    # the zero anchor gives logits 0: log-probabilities -log(3) for every class
+    torch.testing.assert_close(batch.keep, torch.full((1, 3, 1, 5), -float(np.log(3.0))))
+    _assert_params(model, before)  # the anchor was only borrowed
+    # the sampled pixels are distinct free pixels, in raster order, with their features
+    gathered = batch.features["trunk"][0, :, 0, :]
+    f = features["trunk"][0].reshape(4, -1)
+    flat = [int(torch.nonzero((f.t() == column).all(dim=1))[0]) for column in gathered.t()]
+    assert flat == sorted(set(flat))
+    assert all(targets.reshape(-1)[i] == IGNORE for i in flat)
+    again = keep_batch(model, features, targets, 2.0, seed=0)
+    assert torch.equal(again.features["trunk"], batch.features["trunk"])  # seeded
+    other = keep_batch(model, features, targets, 2.0, seed=1)
+    assert not torch.equal(other.features["trunk"], batch.features["trunk"])
+
+
+def test_keep_batch_takes_every_free_pixel_when_there_are_few(monkeypatch):
+    monkeypatch.setattr(refine_loop, "KEEP_SAMPLES", 5)
+    model = _pointwise()
+    features = _features("trunk", (1, 4, 2, 2))
+    targets = np.array([[[0, IGNORE], [IGNORE, 1]]], np.int64)
+    batch = keep_batch(model, features, targets, 1.0, seed=0)
+    f = features["trunk"][0]
+    torch.testing.assert_close(
+        batch.features["trunk"][0, :, 0, :], torch.stack([f[:, 0, 1], f[:, 1, 0]], 1)
+    )
+    torch.testing.assert_close(batch.keep_share, torch.full((1, 1, 2), 0.5))
+    with torch.no_grad():  # no anchor: the head as it is now
+        expected = model.head(batch.features).log_softmax(1)
+    torch.testing.assert_close(batch.keep, expected)
+    assert keep_batch(model, features, np.zeros((1, 2, 2), np.int64), 1.0, seed=0) is None
+
+
+# --- the anchor context ---------------------------------------------------------------------
+
+
+def test_anchored_swaps_in_the_anchor_weights_and_restores_the_head():
+    model = _pointwise()
+    before = _params(model)
+    anchor = {
+        "0.weight": torch.full_like(before["0.weight"], 0.5),
+        "0.bias": torch.zeros(7),  # wrong shape (a class added since): left alone
+        "missing": torch.zeros(1),
+    }
+    with Anchored(model, anchor):
+        now = _params(model)
+        assert torch.equal(now["0.weight"], anchor["0.weight"])
+        assert torch.equal(now["0.bias"], before["0.bias"])
+    _assert_params(model, before)
+    with Anchored(model, None):
+        _assert_params(model, before)
+    _assert_params(model, before)
+
+
+# --- spatial heads --------------------------------------------------------------------------
+
+
+def _spatial_case() -> tuple[np.ndarray, np.ndarray]:
+    """Scribbles in three 8 x 8 cells of the first of two 20 x 20 slices; none in the second."""
+    targets = np.full((2, 20, 20), IGNORE, np.int64)
+    targets[0, 2, 3] = 1  # cell (0, 0)
+    targets[0, 8, 3] = 2  # cell (1, 0): inside cell (0, 0)'s halo, counted in its own only
+    targets[0, 10, 18] = 0  # cell (1, 2), at the ragged right edge
+    weights = np.zeros(targets.shape, np.float32)
+    weights[0, 2, 3], weights[0, 8, 3], weights[0, 10, 18] = 0.5, 0.25, 0.25
+    return targets, weights
+
+
+def test_spatial_batches_are_grid_cells_grown_by_the_halo_with_the_loss_in_the_core(monkeypatch):
+    monkeypatch.setattr(refine_loop, "CROP_CORE", 8)
+    model = _spatial()
+    features = _features("trunk", (2, 4, 20, 20))
+    targets, weights = _spatial_case()
+    batches = build_batches(model, features, targets, weights)
+    # cells (0..8, 0..8), (8..16, 0..8), (8..16, 16..20), each grown by 1 inside the image
+    crops = [(0, 9, 0, 9), (7, 17, 0, 9), (7, 17, 15, 20)]
+    scribbled = [((2, 3), 1, 0.5), ((1, 3), 2, 0.25), ((3, 3), 0, 0.25)]
+    assert len(batches) == 3
+    for batch, (ya, yb, xa, xb), ((y, x), label, share) in zip(
+        batches, crops, scribbled, strict=True
+    ):
+        torch.testing.assert_close(batch.features["trunk"], features["trunk"][0:1, :, ya:yb, xa:xb])
+        expected = np.full((1, yb - ya, xb - xa), IGNORE)
+        expected[0, y, x] = label
+        np.testing.assert_array_equal(batch.target.numpy(), expected)
+        expected_share = np.zeros(expected.shape, np.float32)
+        expected_share[0, y, x] = share
+        np.testing.assert_array_equal(batch.weight.numpy(), expected_share)
+        assert batch.keep is None and batch.keep_share is None
+    assert batches[0].target[0, 8, 3] == IGNORE  # the halo does not count
+    assert all(b.weight is None for b in build_batches(model, features, targets))
+
+
+def test_spatial_keep_term_covers_the_unscribbled_core_pixels(monkeypatch):
+    monkeypatch.setattr(refine_loop, "CROP_CORE", 8)
+    model = _spatial()
+    before = _params(model)
+    features = _features("trunk", (2, 4, 20, 20))
+    targets, weights = _spatial_case()
+    batches = build_batches(
+        model, features, targets, weights, keep_weight=0.5, anchor=_zero_anchor(model)
+    )
+    _assert_params(model, before)
+    total = (64 - 1) + (64 - 1) + (32 - 1)  # unscribbled core pixels of the three cells
+    first = batches[0].keep_share.numpy()
+    assert first.shape == (1, 9, 9)
+    assert first[0, 0, 0] == pytest.approx(0.5 / total)
+    assert first[0, 2, 3] == 0  # scribbled
+    assert first[0, 8, 0] == 0  # halo
+    third = batches[2].keep_share.numpy()
+    assert third[0, 0, 2] == 0 and third[0, 1, 1] == pytest.approx(0.5 / total)
+    assert sum(float(b.keep_share.sum()) for b in batches) == pytest.approx(0.5, rel=1e-5)
+    for batch in batches:  # the zero anchor's log-probabilities
+        torch.testing.assert_close(
+            batch.keep, torch.full((1, 3, *batch.target.shape[1:]), -float(np.log(3.0)))
+        )
+    nothing = np.full((2, 20, 20), IGNORE, np.int64)
+    assert build_batches(model, features, nothing, keep_weight=2.0) == []
+
+
+# --- opaque models --------------------------------------------------------------------------
+
+
+def test_opaque_batches_are_whole_scribbled_slices_with_the_keep_term_off_the_scribbles():
+    model = _opaque()
+    features = _features("input", (2, 1, 6, 7))
+    targets = np.full((2, 6, 7), IGNORE, np.int64)
+    targets[1, 0, 0], targets[1, 5, 6] = 2, 0
+    weights = np.zeros(targets.shape, np.float32)
+    weights[1, 0, 0] = weights[1, 5, 6] = 0.5
+    batches = build_batches(model, features, targets, weights, keep_weight=0.5)
+    assert len(batches) == 1  # slice 0 has no scribbles
+    batch = batches[0]
+    torch.testing.assert_close(batch.features["input"], features["input"][1:2])
+    np.testing.assert_array_equal(batch.target.numpy(), targets[1:2])
+    np.testing.assert_array_equal(batch.weight.numpy(), weights[1:2])
+    assert batch.keep_share.dtype == torch.float32
+    expected_share = np.where(targets[1:2] == IGNORE, 0.5 / 40, 0.0)
+    np.testing.assert_allclose(batch.keep_share.numpy(), expected_share, rtol=1e-6)
+    with torch.no_grad():
+        expected_keep = model.head({"input": features["input"][1:2]}).log_softmax(1)
+    torch.testing.assert_close(batch.keep, expected_keep)
+    assert build_batches(model, features, targets)[0].keep is None
+
+
+def test_dense_keep_term_with_a_single_unscribbled_pixel_gives_it_the_whole_weight():
+    model = _opaque()
+    features = _features("input", (1, 1, 1, 2))
+    targets = np.array([[[1, IGNORE]]], np.int64)
+    (batch,) = build_batches(model, features, targets, keep_weight=3.0)
+    np.testing.assert_allclose(batch.keep_share.numpy(), [[[0.0, 3.0]]])
+
+
+# --- the loss ---------------------------------------------------------------------------
+
+
+def _pointwise_case() -> tuple[TorchModuleModel, Batch, np.ndarray, np.ndarray, np.ndarray]:
+    """A point-wise batch of 6 pixels and the numpy values to check it with."""
+    model = _pointwise()
+    for p in model.head_module.parameters():
+        p.requires_grad_(True)
+    gen = torch.Generator().manual_seed(3)
+    feats = torch.randn(1, 4, 1, 6, generator=gen)
+    target = torch.tensor([[[0, 1, 2, 2, 1, 0]]])
+    weight = torch.tensor([[[0.1, 0.2, 0.3, 0.1, 0.2, 0.1]]])
+    f = feats[0, :, 0, :].numpy().astype(np.float64)  # [F, P]
+    return (
+        model,
+        Batch({"trunk": feats}, target, weight),
+        f,
+        target[0, 0].numpy(),
+        weight[0, 0].numpy(),
+    )
+
+
+def _head_params(model: TorchModuleModel) -> tuple[torch.Tensor, torch.Tensor]:
+    """The point-wise head's 1x1 convolution weight and bias."""
+    params = dict(model.head_module.named_parameters())
+    return params["0.weight"], params["0.bias"]
+
+
+def _numpy_head(model: TorchModuleModel, f: np.ndarray) -> np.ndarray:
+    weight, bias = _head_params(model)
+    w = weight.detach().numpy()[:, :, 0, 0].astype(np.float64)
+    b = bias.detach().numpy().astype(np.float64)
+    return w @ f + b[:, None]  # [C, P]
+
+
+def _grad_from_dlogits(dlogits: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A 1x1 convolution's gradients: dW = dlogits f^T, db = sum over pixels."""
+    return dlogits @ f.T, dlogits.sum(axis=1)
+
+
+def _check_grads(model: TorchModuleModel, dw: np.ndarray, db: np.ndarray) -> None:
+    weight, bias = _head_params(model)
+    np.testing.assert_allclose(weight.grad.numpy()[:, :, 0, 0], dw, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(bias.grad.numpy(), db, rtol=1e-4, atol=1e-6)
+
+
+def test_weighted_loss_is_the_weighted_sum_of_cross_entropies_with_its_gradient():
+    model, batch, f, t, w = _pointwise_case()
+    logits = _numpy_head(model, f)
+    log_p = _log_softmax(logits)
+    p = np.exp(log_p)
+    nll = -log_p[t, np.arange(6)]
+    onehot = np.eye(3)[:, t]
+    loss, wrong = loss_and_gradients(model, [batch], n_scribbled=1000)
+    assert loss == pytest.approx(float((w * nll).sum()), rel=1e-5)  # n_scribbled not used
+    assert wrong == int((logits.argmax(axis=0) != t).sum())
+    assert 0 < wrong < 6  # both outcomes occur in this batch
+    _check_grads(model, *_grad_from_dlogits(w * (p - onehot), f))
+
+
+def test_plain_loss_is_the_summed_cross_entropy_over_n_scribbled():
+    model, batch, f, t, _ = _pointwise_case()
+    batch.weight = None
+    log_p = _log_softmax(_numpy_head(model, f))
+    nll = -log_p[t, np.arange(6)]
+    onehot = np.eye(3)[:, t]
+    loss, _ = loss_and_gradients(model, [batch], n_scribbled=8)
+    assert loss == pytest.approx(float(nll.sum() / 8), rel=1e-5)
+    _check_grads(model, *_grad_from_dlogits((np.exp(log_p) - onehot) / 8, f))
+
+
+def test_keep_term_adds_the_shared_kl_divergence_from_the_reference():
+    model, batch, f, _, _ = _pointwise_case()
+    batch.target = torch.full((1, 1, 6), IGNORE)
+    batch.weight = None
+    reference = torch.log_softmax(
+        torch.randn(1, 3, 1, 6, generator=torch.Generator().manual_seed(5)), 1
+    )
+    share = torch.tensor([[[0.5, 1.0, 0.0, 2.0, 0.25, 1.0]]])
+    batch.keep, batch.keep_share = reference, share
+    log_p = _log_softmax(_numpy_head(model, f))
+    q = np.exp(reference[0, :, 0, :].numpy().astype(np.float64))
+    s = share[0, 0].numpy()
+    kl = (q * (np.log(q) - log_p)).sum(axis=0)
+    loss, wrong = loss_and_gradients(model, [batch], n_scribbled=1)
+    assert loss == pytest.approx(float((s * kl).sum()), rel=1e-5)
+    assert wrong == 0  # no scribbled pixels
+    _check_grads(model, *_grad_from_dlogits(s * (np.exp(log_p) - q), f))
+
+
+def test_loss_and_gradients_accumulate_over_batches():
+    model, batch, f, t, w = _pointwise_case()
+    log_p = _log_softmax(_numpy_head(model, f))
+    once = float((w * -log_p[t, np.arange(6)]).sum())
+    wrong_once = int((log_p.argmax(axis=0) != t).sum())
+    loss, wrong = loss_and_gradients(model, [batch, batch], n_scribbled=1)
+    assert loss == pytest.approx(2 * once, rel=1e-5)
+    assert wrong == 2 * wrong_once
+    onehot = np.eye(3)[:, t]
+    _check_grads(model, *_grad_from_dlogits(2 * w * (np.exp(log_p) - onehot), f))
+
+
+def test_violations_count_only_scribbled_pixels():
+    model = _spatial()
+    for p in model.head_module.parameters():
+        p.requires_grad_(True)
+    features = _features("trunk", (1, 4, 5, 5))
+    with torch.no_grad():
+        predicted = model.head(features).argmax(1)[0].numpy()
+    target = np.full((1, 5, 5), IGNORE, np.int64)
+    target[0, 0, 0] = predicted[0, 0]  # right
+    target[0, 1, 1] = (predicted[1, 1] + 1) % 3  # wrong
+    target[0, 4, 2] = (predicted[4, 2] + 2) % 3  # wrong
+    batch = Batch(features, torch.as_tensor(target))
+    _, wrong = loss_and_gradients(model, [batch], n_scribbled=3)
+    assert wrong == 2
+
+
+def test_dense_batch_loss_counts_only_scribbled_pixels():
+    model = _spatial()
+    for p in model.head_module.parameters():
+        p.requires_grad_(True)
+    features = _features("trunk", (1, 4, 5, 5), seed=4)
+    target = np.full((1, 5, 5), IGNORE, np.int64)
+    target[0, 0, 0], target[0, 2, 3], target[0, 4, 4] = 0, 2, 1
+    weight = np.zeros(target.shape, np.float32)
+    weight[0, 0, 0], weight[0, 2, 3], weight[0, 4, 4] = 0.5, 0.3, 0.2
+    with torch.no_grad():
+        log_p = _log_softmax(model.head(features)[0].numpy())
+    ys, xs = np.nonzero(target[0] >= 0)
+    nll = -log_p[target[0, ys, xs], ys, xs]
+    batch = Batch(features, torch.as_tensor(target), torch.as_tensor(weight))
+    loss, _ = loss_and_gradients(model, [batch], n_scribbled=3)
+    assert loss == pytest.approx(float((weight[0, ys, xs] * nll).sum()), rel=1e-5)
+    model.head_module.zero_grad()
+    plain, _ = loss_and_gradients(model, [Batch(features, torch.as_tensor(target))], 3)
+    assert plain == pytest.approx(float(nll.sum() / 3), rel=1e-5)
+
+
+# --- build_batches: seeds, anchors and slices with background scribbles only ----------------
+
+
+def test_pointwise_keep_batch_uses_the_seed_and_anchor_given_default_seed_zero(monkeypatch):
+    monkeypatch.setattr(refine_loop, "KEEP_SAMPLES", 5)  # a sample: the seed matters
+    model = _pointwise()
+    features = _features("trunk", (2, 4, 5, 6))
+    targets, _, _ = _scribbled_targets()
+    default = build_batches(model, features, targets, keep_weight=0.5)[-1]
+    seeded = keep_batch(model, features, targets, 0.5, seed=0)
+    assert torch.equal(default.features["trunk"], seeded.features["trunk"])
+    torch.testing.assert_close(default.keep_share, seeded.keep_share)
+    anchored = build_batches(
+        model, features, targets, keep_weight=0.5, seed=2, anchor=_zero_anchor(model)
+    )[-1]
+    torch.testing.assert_close(anchored.keep, torch.full_like(anchored.keep, -float(np.log(3))))
+    other = keep_batch(model, features, targets, 0.5, seed=2)
+    assert torch.equal(anchored.features["trunk"], other.features["trunk"])
+    assert not torch.equal(other.features["trunk"], seeded.features["trunk"])
+
+
+def test_spatial_slices_with_only_background_scribbles_count_and_empty_ones_are_skipped(
+    monkeypatch,
+):
+    monkeypatch.setattr(refine_loop, "CROP_CORE", 8)
+    model = _spatial()
+    features = _features("trunk", (3, 4, 20, 20))
+    targets = np.full((3, 20, 20), IGNORE, np.int64)  # slice 0: nothing
+    targets[1, 3, 10] = 0  # slice 1: background only, in the middle column of cells
+    targets[2, 19, 19] = 0  # slice 2: background only, in the last cell
+    weights = np.where(targets >= 0, 0.5, 0.0).astype(np.float32)
+    batches = build_batches(model, features, targets, weights)
+    assert len(batches) == 2
+    middle, last = batches
+    # cell (0..8, 8..16) grown by 1: rows 0..9, columns 7..17
+    torch.testing.assert_close(middle.features["trunk"], features["trunk"][1:2, :, 0:9, 7:17])
+    expected = np.full((1, 9, 10), IGNORE)
+    expected[0, 3, 3] = 0
+    np.testing.assert_array_equal(middle.target.numpy(), expected)
+    assert middle.weight.dtype == torch.float32
+    assert float(middle.weight[0, 3, 3]) == 0.5 and float(middle.weight.sum()) == 0.5
+    keep = build_batches(model, features, targets, weights, keep_weight=1.0)[0].keep_share
+    assert keep.shape == (1, 9, 10)
+    assert float(keep[0, 0, 8]) > 0 and float(keep[0, 0, 9]) == 0  # core, then right halo
+    assert float(keep[0, 0, 1]) > 0 and float(keep[0, 0, 0]) == 0  # core, then left halo
+    # cell (16..20, 16..20) grown by 1 inside the image: rows and columns 15..20
+    torch.testing.assert_close(last.features["trunk"], features["trunk"][2:3, :, 15:20, 15:20])
+    assert last.target.shape == (1, 5, 5) and int(last.target[0, 4, 4]) == 0
+
+
+def test_opaque_batches_take_one_slice_each_and_the_anchor_for_the_keep_term():
+    model = _opaque()
+    features = _features("input", (3, 1, 4, 5))
+    targets = np.full((3, 4, 5), IGNORE, np.int64)
+    targets[1, 2, 2] = 0  # background only, in the middle slice of three
+    batches = build_batches(model, features, targets, keep_weight=1.0, anchor=_zero_anchor(model))
+    assert len(batches) == 1
+    (batch,) = batches
+    assert batch.weight is None
+    torch.testing.assert_close(batch.features["input"], features["input"][1:2])
+    torch.testing.assert_close(batch.keep, torch.full((1, 3, 4, 5), -float(np.log(3))))
+
+
+def test_dense_keep_term_in_the_loss_is_the_shared_kl_per_pixel():
+    model = _opaque()
+    for p in model.head_module.parameters():
+        p.requires_grad_(True)
+    features = _features("input", (1, 1, 3, 4), seed=6)
+    targets = np.full((1, 3, 4), IGNORE, np.int64)
+    targets[0, 1, 1] = 2
+    (batch,) = build_batches(model, features, targets, keep_weight=1.0, anchor=_zero_anchor(model))
+    with torch.no_grad():
+        log_p = _log_softmax(model.head(features)[0].numpy())  # [C, 3, 4]
+    q = np.full(3, 1 / 3)
+    kl = (q[:, None, None] * (np.log(q)[:, None, None] - log_p)).sum(axis=0)  # [3, 4]
+    free = targets[0] == IGNORE
+    expected = -log_p[2, 1, 1] / 1 + (kl[free] / free.sum()).sum()
+    loss, _ = loss_and_gradients(model, [batch], n_scribbled=1)
+    assert loss == pytest.approx(float(expected), rel=1e-5)
