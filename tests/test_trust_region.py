@@ -202,3 +202,27 @@ def test_type_spreading_without_type_strokes_changes_nothing():
     scribbles[10, 7:13] = 2  # and a nucleus stroke of the class the nuclei already have
     out = spread_types(instances, class_map, scribbles, _describe(features))
     np.testing.assert_array_equal(out, class_map)
+
+
+def test_free_types_keeps_far_type_changes_but_not_far_nucleus_changes(model3, scene, config):
+    """``free_types``: the trust region guards nucleus/background changes only."""
+    image, kinds = scene
+    from scipy import ndimage as ndi
+
+    disks, _ = ndi.label(kinds == 1)
+    scribbles = np.zeros(kinds.shape, np.int32)
+    scribble_disks(scribbles, kinds, 1, [0], value=3)  # "this bright disk is 'other'"
+    scribbles[:3, :] = 1  # and a background stroke along the top edge
+    hard = config.replace(keep_weight=0.0, learning_rate=0.2, momentum=0.9, max_iterations=80)
+    others = (kinds == 1) & ndi_label_except(kinds, scribbles)
+    free = RefineSession(model3, image, hard).run(scribbles)
+    assert fraction(free.prediction, others, 2) > 0.5  # the head retypes far disks too
+    guarded = hard.replace(trust_region=True, spread=False)
+    held = RefineSession(model3, image, guarded).run(scribbles)
+    assert fraction(held.prediction, others, 1) > 0.9  # the trust region reverts them
+    loose = RefineSession(model3, image, guarded.replace(free_types=True)).run(scribbles)
+    retyped = others & (free.prediction == 2)
+    assert fraction(loose.prediction, retyped, 2) > 0.98  # far type changes are kept
+    lost = others & (free.prediction == 0)  # far nucleus pixels the head dropped
+    assert lost.any() and fraction(loose.prediction, lost, 0) == 0  # those stay nucleus
+    assert disks.max() > 1
