@@ -41,6 +41,17 @@ def _assert_weights(model: TorchModuleModel, expected: dict[str, torch.Tensor]) 
         assert torch.equal(now[name], value), name
 
 
+def _two_entries_one_undone(model: TorchModuleModel) -> HeadHistory:
+    """A history with entries "first" (weights 1) and "second" (weights 2), one step undone."""
+    history = HeadHistory(model)
+    _set(model, 1.0)
+    history.push("first")
+    _set(model, 2.0)
+    history.push("second")
+    history.undo()
+    return history
+
+
 def _constraints(value: int, pinned: bool) -> Constraints:
     scribbles = np.zeros((4, 4), np.int32)
     scribbles[0, 0] = value
@@ -104,12 +115,7 @@ def test_undo_and_redo_restore_the_exact_weights_of_each_entry(model):
 
 
 def test_pushing_after_undo_drops_the_undone_entries(model):
-    history = HeadHistory(model)
-    _set(model, 1.0)
-    history.push("first")
-    _set(model, 2.0)
-    history.push("second")
-    history.undo()
+    history = _two_entries_one_undone(model)
     third = _set(model, 3.0)
     history.push("third")
     assert history.labels == ["pre-trained", "first", "third"]
@@ -212,12 +218,7 @@ def test_reset_freezes_a_live_entry_first(model):
 
 
 def test_reset_after_undo_drops_the_undone_entries(model):
-    history = HeadHistory(model)
-    _set(model, 1.0)
-    history.push("first")
-    _set(model, 2.0)
-    history.push("second")
-    history.undo()
+    history = _two_entries_one_undone(model)
     assert history.reset() is True
     assert history.labels == ["pre-trained", "first", "reset"]
 

@@ -12,6 +12,16 @@ from napari_scribble_refine.scripting import open_widget
 TIMEOUT_MS = 120_000
 
 
+def _undo_then_redo(qtbot, shown, layer, before: np.ndarray, after: np.ndarray) -> None:
+    """Click Undo, then Redo: the session and the layer show ``before``, then ``after``."""
+    click(qtbot, shown._undo_button, shown)
+    np.testing.assert_array_equal(shown.session.prediction, before)
+    np.testing.assert_array_equal(layer.data, before)
+    click(qtbot, shown._redo_button, shown)
+    np.testing.assert_array_equal(shown.session.prediction, after)
+    np.testing.assert_array_equal(layer.data, after)
+
+
 def test_predict_shows_classes_and_instances(docked):
     docked.predict(wait=True)
     prediction, instances = docked.prediction_layer, docked.instances_layer
@@ -73,12 +83,7 @@ def test_refine_updates_live_and_is_undoable(shown, fluo_sample, qtbot):
     # the user's scribbles are untouched
     np.testing.assert_array_equal(scribbles.data, truth_scribbles(fluo_sample.types))
 
-    click(qtbot, shown._undo_button, shown)
-    np.testing.assert_array_equal(shown.session.prediction, before)
-    np.testing.assert_array_equal(layer.data, before)
-    click(qtbot, shown._redo_button, shown)
-    np.testing.assert_array_equal(shown.session.prediction, refined)
-    np.testing.assert_array_equal(layer.data, refined)
+    _undo_then_redo(qtbot, shown, layer, before, refined)
     click(qtbot, shown._reset_button, shown)
     np.testing.assert_array_equal(shown.session.prediction, before)
     np.testing.assert_array_equal(layer.data, before)
@@ -108,12 +113,7 @@ def test_cancel_stops_and_leaves_an_undoable_state(shown, fluo_sample, qtbot):
     np.testing.assert_array_equal(outcome.prediction, cancelled)
     assert shown.session.history_position == 1
     assert shown._predict_button.enabled and not shown._cancel_button.enabled
-    click(qtbot, shown._undo_button, shown)
-    np.testing.assert_array_equal(shown.session.prediction, before)
-    np.testing.assert_array_equal(layer.data, before)
-    click(qtbot, shown._redo_button, shown)
-    np.testing.assert_array_equal(shown.session.prediction, cancelled)
-    np.testing.assert_array_equal(layer.data, cancelled)
+    _undo_then_redo(qtbot, shown, layer, before, cancelled)
 
 
 def test_points_and_boxes_join_scribbles(docked, fluo_sample, qtbot):
