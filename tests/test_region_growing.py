@@ -381,3 +381,23 @@ def test_growth_on_a_large_image_uses_the_subsampled_range(channels):
     # the step of 5 (7.1 in colour) is below 10 grey levels, the step of 20 (28) above
     assert (grown[0, :20] == 2).all() and not grown[0, 20:].any()
     assert not grown[1:].any()
+
+
+def test_fortran_order_scribbles_grow_like_c_order_ones():
+    """``x.T`` and ``scipy.io.loadmat`` give Fortran-order arrays: growth must not be lost."""
+    rng = np.random.default_rng(0)
+    image = ndimage.gaussian_filter(rng.random((40, 50)), 3)
+    scribbles = np.zeros((40, 50), np.int32)
+    scribbles[20, 10:15] = 1
+    scribbles[5:9, 40] = 2
+    fortran = np.asfortranarray(scribbles)
+    assert fortran.flags.f_contiguous and not fortran.flags.c_contiguous
+    expected = grow_scribbles(image, scribbles, threshold=0.05, max_distance=6)
+    assert np.count_nonzero(expected) > 2 * np.count_nonzero(scribbles)  # it did grow
+    np.testing.assert_array_equal(
+        grow_scribbles(image, fortran, threshold=0.05, max_distance=6), expected
+    )
+    np.testing.assert_array_equal(  # a Fortran-order image too
+        grow_scribbles(np.asfortranarray(image), scribbles, threshold=0.05, max_distance=6),
+        expected,
+    )

@@ -2,12 +2,42 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
+from numbers import Integral, Real
+
+import numpy as np
 
 
-@dataclass
+def _check_types(config: RefineConfig) -> None:
+    """Raise TypeError/ValueError for a field of the wrong type or a non-finite number."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        kind = f.type if isinstance(f.type, str) else f.type.__name__
+        if kind == "bool":
+            ok = isinstance(value, bool | np.bool_)
+        elif kind == "int":
+            ok = isinstance(value, Integral) and not isinstance(value, bool)
+        elif kind == "float":
+            ok = isinstance(value, Real) and not isinstance(value, bool)
+        else:  # str
+            ok = isinstance(value, str)
+        if not ok:
+            article = "an" if kind == "int" else "a"
+            raise TypeError(
+                f"RefineConfig.{f.name} must be {article} {kind}, got {value!r} "
+                f"({type(value).__name__})"
+            )
+        if kind == "float" and not math.isfinite(value):
+            raise ValueError(f"RefineConfig.{f.name} must be a finite number, got {value!r}")
+
+
+@dataclass(frozen=True)
 class RefineConfig:
     """Parameters of scribble-aware refinement (Sambaturu et al., MICCAI 2021, Algorithm 1).
+
+    Every field is checked when a config is made (its type, finite numbers, its range) and
+    a config cannot be changed afterwards: :meth:`replace` makes a new, checked one.
 
     The optimiser defaults were chosen on synthetic images outside the built-in models'
     training range (``benchmarks/tune_refine_synthetic.py --hard``): a learning rate of 0.1
@@ -163,8 +193,10 @@ class RefineConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        _check_types(self)
         checks = {
             "max_iterations": self.max_iterations >= 1,
+            "seed": 0 <= self.seed < 2**32,
             "learning_rate": self.learning_rate > 0,
             "momentum": 0 <= self.momentum < 1,
             "proximity_weight": self.proximity_weight >= 0,
@@ -188,6 +220,7 @@ class RefineConfig:
         }
         expected = {
             "max_iterations": "an integer >= 1",
+            "seed": "an integer in [0, 2**32)",
             "learning_rate": "a number > 0",
             "momentum": "a number in [0, 1)",
             "proximity_weight": "a number >= 0",

@@ -185,7 +185,7 @@ def grow_scribbles(
             f"got {connectivity!r}"
         )
 
-    grown = labels.astype(np.int32, copy=True)
+    grown = labels.astype(np.int32, order="C", copy=True)  # flat views below need C order
     if max_distance == 0 or threshold == 0:
         return grown
 
