@@ -82,3 +82,26 @@ def test_bad_input_is_a_clear_message_and_exit_2(tmp_path, capsys):
     args = ["refine", str(tmp_path / "img.tif"), str(tmp_path / "bad.tif"), "--out", "x"]
     assert main(args) == 2
     assert "scribbles" in capsys.readouterr().err
+
+
+def test_a_missing_out_folder_is_refused_before_any_work(tmp_path, capsys):
+    _write_sample(tmp_path / "img.tif", 920_004)
+    missing = tmp_path / "no" / "such" / "res"
+    for command in (
+        ["predict", str(tmp_path / "img.tif")],
+        ["refine", str(tmp_path / "img.tif"), str(tmp_path / "img.tif")],
+    ):
+        assert main([*command, "--out", str(missing)]) == 2
+        err = capsys.readouterr()
+        assert f"the folder {missing.parent} does not exist" in err.err
+        assert err.out == ""  # refused before loading a model or predicting
+    assert not (tmp_path / "no").exists()
+
+
+def test_non_finite_settings_are_refused_with_exit_2(tmp_path, capsys):
+    sample = _write_sample(tmp_path / "img.tif", 920_005)
+    tifffile.imwrite(tmp_path / "scr.tif", (sample.types[:, :] > 0).astype(np.uint8) + 1)
+    args = ["refine", str(tmp_path / "img.tif"), str(tmp_path / "scr.tif")]
+    assert main([*args, "--learning-rate", "inf", "--out", str(tmp_path / "r")]) == 2
+    assert "RefineConfig.learning_rate must be a finite number, got inf" in capsys.readouterr().err
+    assert not list(tmp_path.glob("r_*"))

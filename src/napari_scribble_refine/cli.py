@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -144,7 +145,20 @@ def _model_for(args: argparse.Namespace, image: np.ndarray) -> SegmentationModel
     return load_model(name, allow_code=args.allow_code)
 
 
+def _check_out(prefix: str) -> None:
+    """Refuse an ``--out`` prefix whose folder is missing or not writable, before any work."""
+    folder = Path(prefix).parent
+    if not folder.is_dir():
+        raise ValueError(
+            f"--out {prefix}: the folder {folder} does not exist; create it or give another "
+            "--out prefix"
+        )
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"--out {prefix}: the folder {folder} is not writable; give another --out")
+
+
 def _predict(args: argparse.Namespace) -> None:
+    _check_out(args.out)
     image = _read_image(args.image, "image")
     session = RefineSession(
         _model_for(args, image),
@@ -161,6 +175,7 @@ def _predict(args: argparse.Namespace) -> None:
 
 
 def _refine(args: argparse.Namespace) -> None:
+    _check_out(args.out)
     image = _read_image(args.image, "image")
     scribbles = _read_image(args.scribbles, "scribbles")
     config = RefineConfig(
