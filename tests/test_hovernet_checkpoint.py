@@ -253,3 +253,30 @@ def test_safetensors_errors(tmp_path):
     save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=meta)
     with pytest.raises(ValueError, match=r"1 missing keys: conv_bot\.weight"):
         load_hovernet_safetensors(tmp_path / "bad.safetensors")
+
+
+def test_a_header_claiming_huge_layers_is_refused_before_allocating_them(tmp_path):
+    """A small file whose metadata claims layers of terabytes: refused from the shapes alone.
+
+    Built for real, the claimed network would need about 4 TB (the allocator refuses at
+    once with a RuntimeError), so only a check made before building it passes this test.
+    """
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    model = HoVerNet(HoVerNetConfig.small())
+    path = save_hovernet_safetensors(model, tmp_path / "ok.safetensors", ["background", "n"])
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in list(f.keys())[:3]}
+    claim = json.loads(meta["config"])
+    claim["stem_channels"] = 1_000_000  # stem conv 1e6 x 1 x k x k, then 1e6-wide blocks
+    claim["block_mid"] = [1_000_000] * len(claim["block_mid"])
+    meta["config"] = json.dumps(claim)
+    liar = tmp_path / "liar.safetensors"
+    save_file(tensors, str(liar), metadata=meta)
+    assert liar.stat().st_size < 100_000
+    with pytest.raises(ValueError, match=r"liar\.safetensors: the weights do not fit HoVer-Net"):
+        load_hovernet_safetensors(liar)

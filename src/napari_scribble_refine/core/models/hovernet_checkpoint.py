@@ -437,8 +437,12 @@ def load_hovernet_safetensors(path: str | Path) -> LoadedHoVerNet:
         normalisation = dict(json.loads(header.get("normalisation", '{"kind": "none"}')))
     except (KeyError, json.JSONDecodeError, TypeError, ValueError) as err:
         raise ValueError(f"{path}: broken metadata: {err}") from err
+    # Shapes first, on the meta device (no memory): the header's config is only a claim, and
+    # a tiny file claiming wide layers must not make us allocate them.
+    with torch.device("meta"):
+        skeleton = HoVerNet(config)
+    _check_against(tensors, skeleton, config, path)
     model = HoVerNet(config)
-    _check_against(tensors, model, config, path)
     model.load_state_dict(tensors, strict=True)
     model.eval()
     extra = {k: v for k, v in header.items() if k not in _RESERVED_METADATA}
