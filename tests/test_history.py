@@ -235,3 +235,45 @@ def test_push_live_after_a_push_moves_to_the_newest_entry(model):
     _assert_weights(model, first)
     history.redo()
     _assert_weights(model, live)
+
+
+@pytest.mark.filterwarnings("ignore:Undo history over its budget")
+def test_the_history_keeps_to_its_memory_budget_dropping_the_oldest_states(model):
+    """Each state below holds a 1 MB scribble array; a 3.5 MB budget keeps three of them."""
+    head_bytes = sum(p.numel() * 4 for p in model.head_module.parameters())
+    assert head_bytes < 10_000  # the snapshots are small beside the scribbles
+    history = HeadHistory(model, budget_mb=3.5)
+    scribbles = [np.full((1024, 1024), i, np.uint8) for i in range(1, 6)]
+    for i, marks in enumerate(scribbles, start=1):
+        _set(model, float(i))
+        history.push_live(f"refine {i}", Constraints(marks, True, RefineConfig()))
+        if i <= 3:
+            assert history.dropped == 0
+    # states 4 and 5 each pushed the oldest refinement out, with a warning naming it
+    assert history.labels == ["pre-trained", "refine 3", "refine 4", "refine 5"]
+    assert history.dropped == 2
+    assert 3 * 2**20 < history.nbytes <= 3.5 * 2**20
+    live = _weights(model)
+    assert history.undo() and history.undo()  # back to "refine 3" ...
+    assert history.pins is scribbles[2]
+    assert history.undo() and history.is_pretrained  # ... then straight to the pre-trained head
+    assert not history.undo()
+    history.redo(), history.redo(), history.redo()
+    _assert_weights(model, live)
+
+
+def test_dropping_states_warns_and_reset_still_restores_the_pretrained_head(model):
+    pretrained = _weights(model)
+    history = HeadHistory(model, budget_mb=1.5)
+    big = Constraints(np.ones((1024, 1024), np.uint8), True, RefineConfig())
+    _set(model, 1.0)
+    history.push("first", constraints=big)
+    _set(model, 2.0)
+    other = Constraints(np.full((1024, 1024), 2, np.uint8), True, RefineConfig())
+    with pytest.warns(UserWarning, match=r"budget of 1.5 MB: the oldest 1 state\(s\) \(first\)"):
+        history.push("second", constraints=other)
+    assert history.labels == ["pre-trained", "second"]
+    assert history.reset()
+    _assert_weights(model, pretrained)
+    with pytest.raises(ValueError, match="budget_mb must be a number > 0"):
+        HeadHistory(model, budget_mb=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +16,22 @@ Anchor = dict[str, torch.Tensor]
 
 _KEEP = object()
 """``push``'s default for ``constraints``: carry the current entry's over."""
+
+DEFAULT_BUDGET_MB = 1024.0
+"""Default memory budget of one undo history (about 15 states of an 8192² image)."""
+
+
+def _nbytes(value: object) -> int:
+    """Bytes held by the tensors and arrays inside nested dicts, lists and tuples."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, np.ndarray):
+        return value.nbytes
+    if isinstance(value, dict):
+        return sum(_nbytes(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return sum(_nbytes(v) for v in value)
+    return 0
 
 
 @dataclass(frozen=True, eq=False)
@@ -52,13 +69,24 @@ class HeadHistory:
     bit for bit. The newest entry may be *live*: the weights a running refinement is
     changing, copied only when the history next needs them.
 
+    The snapshots and their scribbles (1 byte per pixel each) are kept within a memory
+    budget: when a new entry takes the history over it, the oldest states after the
+    pre-trained one are dropped, with a warning that says so (undo then goes back less far;
+    reset still restores the pre-trained head).
+
     Parameters
     ----------
     model : SegmentationModel
         The model whose head is tracked.
+    budget_mb : float
+        The budget in MB (at least the pre-trained state and the newest one are kept).
     """
 
-    def __init__(self, model: SegmentationModel) -> None:
+    def __init__(self, model: SegmentationModel, budget_mb: float = DEFAULT_BUDGET_MB) -> None:
+        if not budget_mb > 0:
+            raise ValueError(f"budget_mb must be a number > 0, got {budget_mb!r}")
+        self._budget = float(budget_mb) * 2**20
+        self.dropped = 0
         self._model = model
         anchor = {n: p.detach().clone() for n, p in model.head_module.named_parameters()}
         self._entries = [_Entry("pre-trained", model.head_state(), anchor)]
@@ -128,6 +156,7 @@ class HeadHistory:
         self._truncate()
         self._entries.append(_Entry(label, None, self.anchor, constraints))
         self._pos += 1
+        self._keep_to_budget()
 
     def push(
         self,
@@ -158,6 +187,7 @@ class HeadHistory:
             )
         )
         self._pos += 1
+        self._keep_to_budget()
 
     def undo(self) -> bool:
         """Restore the previous entry.
@@ -205,7 +235,41 @@ class HeadHistory:
         self._entries.append(_Entry("reset", first.state, first.anchor))
         self._pos += 1
         self._restore()
+        self._keep_to_budget()
         return True
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the history holds (shared arrays and snapshots counted once)."""
+        seen: set[int] = set()
+        total = 0
+        for entry in self._entries:
+            state = entry.state if entry.state is not None else self._model.head_state()
+            parts = [state, entry.anchor]
+            if entry.constraints is not None:
+                parts.append(entry.constraints.scribbles)
+            for part in parts:
+                if part is not None and id(part) not in seen:
+                    seen.add(id(part))
+                    total += _nbytes(part)
+        return total
+
+    def _keep_to_budget(self) -> None:
+        """Drop the oldest states after the pre-trained one while over the budget."""
+        dropped = []
+        while len(self._entries) > 2 and self._pos > 1 and self.nbytes > self._budget:
+            dropped.append(self._entries.pop(1).label)
+            self._pos -= 1
+        if dropped:
+            self.dropped += len(dropped)
+            warnings.warn(
+                f"Undo history over its budget of {self._budget / 2**20:g} MB: the oldest "
+                f"{len(dropped)} state(s) ({', '.join(dropped)}) can no longer be undone to; "
+                "reset still restores the pre-trained model (RefineSession(history_budget_mb"
+                "=...) keeps more)",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def _truncate(self) -> None:
         del self._entries[self._pos + 1 :]

@@ -24,7 +24,7 @@ import torch
 from .config import RefineConfig
 from .devices import resolve_device
 from .edge_crf import mean_field
-from .history import Constraints, HeadHistory
+from .history import DEFAULT_BUDGET_MB, Constraints, HeadHistory
 from .images import ImageInfo, validate_image
 from .models.base import SegmentationModel
 from .optimiser import Adam
@@ -92,6 +92,9 @@ class RefineSession:
         Context per tile; default: the adapter's ``trunk_halo`` (or 64).
     copy_model : bool
         Work on a deep copy of ``model`` (default) rather than the object given.
+    history_budget_mb : float
+        Memory for undo states (head snapshots and their scribbles, 1 byte per pixel each);
+        beyond it the oldest are dropped with a warning (reset still works).
 
     Attributes
     ----------
@@ -123,6 +126,7 @@ class RefineSession:
         tile_size: int = 1024,
         tile_halo: int | None = None,
         copy_model: bool = True,
+        history_budget_mb: float = DEFAULT_BUDGET_MB,
     ) -> None:
         self.config = config if config is not None else RefineConfig()
         self.image_info: ImageInfo = validate_image(image, rgb=rgb)
@@ -160,7 +164,7 @@ class RefineSession:
             tile_size=self.tile_size,
             halo=self.tile_halo,
         )
-        self._history = HeadHistory(self.model)
+        self._history = HeadHistory(self.model, history_budget_mb)
         self._version = 0
         self._prediction: tuple[int, np.ndarray] | None = None
         self._run_token = 0
