@@ -277,3 +277,53 @@ def test_dropping_states_warns_and_reset_still_restores_the_pretrained_head(mode
     _assert_weights(model, pretrained)
     with pytest.raises(ValueError, match="budget_mb must be a number > 0"):
         HeadHistory(model, budget_mb=0)
+
+
+def test_history_bytes_are_the_snapshots_anchor_and_scribbles_counted_once(model):
+    head = sum(p.numel() * 4 for p in model.head_module.parameters())  # float32
+    history = HeadHistory(model, budget_mb=0.5)  # budgets under 1 MB are fine
+    assert history.nbytes == 2 * head  # the pre-trained snapshot and the anchor
+    marks = Constraints(np.zeros((256, 256), np.uint8), True, RefineConfig())
+    _set(model, 1.0)
+    history.push("first", constraints=marks)
+    assert history.nbytes == 3 * head + 256 * 256
+    _set(model, 2.0)
+    history.push("second")  # carries the same scribbles over: not counted twice
+    assert history.nbytes == 4 * head + 256 * 256
+
+
+def test_exactly_at_budget_nothing_is_dropped_and_one_push_can_drop_several(model):
+    head = sum(p.numel() * 4 for p in model.head_module.parameters())
+    mb = 2**20
+    exact = (5 * head + 3 * mb) / mb  # pre-trained, anchor and three 1 MB states
+    history = HeadHistory(model, budget_mb=exact)
+    for i in range(1, 4):
+        _set(model, float(i))
+        history.push(
+            f"s{i}", constraints=Constraints(np.full(mb, i, np.uint8), True, RefineConfig())
+        )
+    assert history.dropped == 0 and history.nbytes == exact * mb
+    _set(model, 4.0)
+    with pytest.warns(UserWarning, match=r"the oldest 2 state\(s\) \(s1, s2\)"):
+        history.push(
+            "s4", constraints=Constraints(np.full(2 * mb, 4, np.uint8), True, RefineConfig())
+        )
+    assert history.labels == ["pre-trained", "s3", "s4"]
+
+
+def test_the_newest_state_is_kept_even_over_budget_and_the_warning_says_what_to_do(model):
+    history = HeadHistory(model, budget_mb=0.001)  # smaller than one head snapshot
+    big = Constraints(np.ones((512, 512), np.uint8), True, RefineConfig())
+    _set(model, 1.0)
+    history.push("only", constraints=big)  # over budget, but nothing older to drop
+    assert history.labels == ["pre-trained", "only"] and history.dropped == 0
+    _set(model, 2.0)
+    expected = (
+        "Undo history over its budget of 0.001 MB: the oldest 1 state(s) (only) can no longer "
+        "be undone to; reset still restores the pre-trained model "
+        "(RefineSession(history_budget_mb=...) keeps more)"
+    )
+    with pytest.warns(UserWarning) as caught:
+        history.push("newer", constraints=big)
+    assert [str(w.message) for w in caught] == [expected]
+    assert history.labels == ["pre-trained", "newer"]

@@ -22,16 +22,14 @@ DEFAULT_BUDGET_MB = 1024.0
 
 
 def _nbytes(value: object) -> int:
-    """Bytes held by the tensors and arrays inside nested dicts, lists and tuples."""
+    """Bytes held by a tensor, an array, or the tensors inside (nested) dicts of them."""
     if isinstance(value, torch.Tensor):
         return value.numel() * value.element_size()
     if isinstance(value, np.ndarray):
         return value.nbytes
     if isinstance(value, dict):
         return sum(_nbytes(v) for v in value.values())
-    if isinstance(value, list | tuple):
-        return sum(_nbytes(v) for v in value)
-    return 0
+    return 0  # class names and other small bookkeeping
 
 
 @dataclass(frozen=True, eq=False)
@@ -257,7 +255,7 @@ class HeadHistory:
     def _keep_to_budget(self) -> None:
         """Drop the oldest states after the pre-trained one while over the budget."""
         dropped = []
-        while len(self._entries) > 2 and self._pos > 1 and self.nbytes > self._budget:
+        while self._pos > 1 and self.nbytes > self._budget:  # keep 0 and the newest
             dropped.append(self._entries.pop(1).label)
             self._pos -= 1
         if dropped:
