@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 from _tiny_nets import readonly
@@ -20,16 +22,33 @@ def test_colour_guessed_like_napari(channels):
     assert info.n_channels == channels
 
 
-def test_stack_with_three_slices_is_not_colour():
-    image = np.random.default_rng(0).random((3, 64, 64))
-    info = validate_image(image)
-    assert info == ImageInfo(is_rgb=False, is_3d=True, spatial_shape=(3, 64, 64), n_channels=1)
+@pytest.mark.parametrize(
+    ("shape", "said"),
+    [
+        ((3, 64, 64), "a 3-slice (Z, Y, X) stack or 3 colour channels first"),
+        ((4, 64, 64), "a 4-slice (Z, Y, X) stack or 4 colour channels first"),
+        ((64, 64, 2), "a 64-slice (Z, Y, X) stack or a small image with 2 channels"),
+        ((20, 20, 3), "a 20-slice (Z, Y, X) stack or a small image with 3 channels"),
+    ],
+)
+def test_shapes_that_could_be_channels_or_a_stack_need_the_caller_to_say(shape, said):
+    image = np.random.default_rng(0).random(shape)
+    with pytest.raises(ValueError, match=re.escape(f"image has shape {shape}: it could be {said}")):
+        validate_image(image)
+    with pytest.raises(ValueError, match=r"rgb=False reads it as a \(Z, Y, X\) stack"):
+        validate_image(image)
+    info = validate_image(image, rgb=False)
+    assert info == ImageInfo(is_rgb=False, is_3d=True, spatial_shape=shape, n_channels=1)
 
 
-def test_small_image_with_three_last_is_a_stack_unless_told():
+def test_stacks_with_five_or_more_slices_and_clear_colour_need_no_flag():
+    assert validate_image(np.random.default_rng(0).random((5, 64, 64))).is_3d
+    assert validate_image(np.random.default_rng(0).random((64, 64, 3))).is_rgb
+
+
+def test_small_image_with_three_last_is_colour_when_told():
     image = np.random.default_rng(0).random((20, 20, 3))
     assert not guess_rgb(image.shape)
-    assert validate_image(image).is_3d
     info = validate_image(image, rgb=True)
     assert info.is_rgb and info.spatial_shape == (20, 20) and info.n_channels == 3
 

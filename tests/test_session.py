@@ -508,7 +508,9 @@ def test_pins_on_a_stack_and_across_add_class(model2, config):
     first, kinds0 = disks_scene(rng, size=64, n_bright=3, n_dim=3)
     last, _ = disks_scene(rng, size=64, n_bright=3, n_dim=3)
     stack = np.stack([first, last])
-    session = RefineSession(model2, stack, config.replace(max_iterations=1, learning_rate=1e-4))
+    session = RefineSession(
+        model2, stack, config.replace(max_iterations=1, learning_rate=1e-4), rgb=False
+    )
     scribbles = np.zeros(stack.shape, dtype=np.int32)
     scribble_disks(scribbles[0], kinds0, 2, [0, 1, 2], value=1)
     result = session.run(scribbles)
@@ -760,3 +762,20 @@ def test_config_n_layers_sets_the_head_depth(n_layers):
     assert (session.model.head_halo > 0) == (n_layers == 3)
     assert (count(session.model) > count(model)) == (n_layers == 3)
     assert model.head_is_pointwise  # the caller's model keeps its own (default) depth
+
+
+def test_rgba_drops_alpha_with_a_warning_and_predicts_as_rgb():
+    """The alpha channel is not stain: an RGBA image segments exactly like its RGB part."""
+    from napari_scribble_refine import load_model
+    from napari_scribble_refine.core.synthetic import synthetic_he
+
+    rgb = synthetic_he((96, 96), seed=5).image
+    alpha = np.random.default_rng(0).integers(0, 256, rgb.shape[:2], dtype=np.uint8)
+    rgba = np.concatenate([rgb, alpha[..., None]], axis=-1)
+    model = load_model("hovernet-he")
+    expected = RefineSession(model, rgb, RefineConfig(device="cpu")).predict()
+    with pytest.warns(UserWarning, match="RGBA; the alpha channel is dropped"):
+        session = RefineSession(model, rgba, RefineConfig(device="cpu"))
+    assert session.image_info.n_channels == 3 and session.spatial_shape == (96, 96)
+    np.testing.assert_array_equal(session.predict(), expected)
+    assert rgba.shape == (96, 96, 4)  # the caller's array is untouched

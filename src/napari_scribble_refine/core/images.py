@@ -72,6 +72,27 @@ def guess_rgb(shape: tuple[int, ...]) -> bool:
     )
 
 
+AMBIGUOUS_CHANNELS = (2, 3, 4)
+"""With ``rgb=None``, a 3D array with an axis this long that is not clearly ``(Y, X, 3|4)``
+colour could be channels or a short stack: the caller must say which."""
+
+
+def _refuse_ambiguous(shape: tuple[int, ...], name: str) -> None:
+    """Raise when a 3D shape could be colour channels or a short stack (``rgb=None``)."""
+    if shape[-1] in AMBIGUOUS_CHANNELS:
+        what = f"a {shape[0]}-slice (Z, Y, X) stack or a small image with {shape[-1]} channels"
+    elif shape[0] in AMBIGUOUS_CHANNELS:
+        what = f"a {shape[0]}-slice (Z, Y, X) stack or {shape[0]} colour channels first"
+    else:
+        return
+    raise ValueError(
+        f"{name} has shape {shape}: it could be {what}. Say which: rgb=False reads it as a "
+        "(Z, Y, X) stack (command line: --no-rgb); for colour, put the channels last "
+        "(np.moveaxis(image, 0, -1)) and pass rgb=True (--rgb); for two channels pick one "
+        "(image[..., 0])"
+    )
+
+
 def validate_image(image: ArrayLike, *, rgb: bool | None = None, name: str = "image") -> ImageInfo:
     """Check that an image is one the engine can segment and describe its layout.
 
@@ -82,7 +103,9 @@ def validate_image(image: ArrayLike, *, rgb: bool | None = None, name: str = "im
         modified or copied.
     rgb : bool or None
         True: the last axis is colour (it must have length 3 or 4). False: no colour axis, a
-        3-dimensional array is a ``(Z, Y, X)`` stack. None: guess with :func:`guess_rgb`.
+        3-dimensional array is a ``(Z, Y, X)`` stack. None: guess with :func:`guess_rgb`, and
+        refuse shapes that could be either (an axis of 2-4 at either end that is not clearly
+        ``(Y, X, 3|4)`` colour), such as ``(3, 512, 512)`` or ``(20, 20, 3)``.
     name : str
         Name of the argument, used in error messages.
 
@@ -108,6 +131,8 @@ def validate_image(image: ArrayLike, *, rgb: bool | None = None, name: str = "im
         )
 
     shape = tuple(int(s) for s in array.shape)
+    if rgb is None and array.ndim == 3 and not guess_rgb(shape):
+        _refuse_ambiguous(shape, name)
     is_rgb = guess_rgb(shape) if rgb is None else bool(rgb)
     spatial_ndim = array.ndim - 1 if is_rgb else array.ndim
     if spatial_ndim >= 4 or (is_rgb and spatial_ndim == 3):

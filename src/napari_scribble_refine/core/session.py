@@ -13,6 +13,7 @@ scribbled pixels (Sambaturu et al., MICCAI 2021, Algorithm 1)::
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 import warnings
 from collections.abc import Generator, Iterator
@@ -137,6 +138,14 @@ class RefineSession:
                 "'hovernet-he') or convert the image to greyscale first "
                 "(skimage.color.rgb2gray)"
             )
+        if self.image_info.n_channels == 4:  # RGBA: the alpha channel is not part of the stain
+            warnings.warn(
+                "image: RGBA; the alpha channel is dropped and R, G, B are segmented",
+                UserWarning,
+                stacklevel=2,
+            )
+            image = np.asarray(image)[..., :3]
+            self.image_info = dataclasses.replace(self.image_info, n_channels=3)
         self._image = np.array(image, copy=True)
         self._image.setflags(write=False)
         self.device, self.device_reason = resolve_device(self.config.device)
