@@ -220,3 +220,13 @@ def test_rgb_model_takes_rgb_images():
     rgb = np.repeat(_image(32)[..., None], 3, axis=-1)
     assert model.features(rgb)["trunk"].shape[-2:] == (32, 32)
     assert model.features(_image(32))["trunk"].shape[-2:] == (32, 32)  # grey repeated
+
+
+@pytest.mark.parametrize("factor", [1e300, 1e-300])
+@pytest.mark.parametrize("kind", ["percentile", "minmax"])
+def test_float64_extremes_scale_like_the_unscaled_image(kind, factor):
+    image = np.random.default_rng(3).random((32, 32))
+    expected = normalise_array(image, kind)
+    got = normalise_array(image * factor, kind)
+    assert got.dtype == np.float32 and np.isfinite(got).all()
+    np.testing.assert_allclose(got, expected, atol=1e-5)

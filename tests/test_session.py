@@ -779,3 +779,17 @@ def test_rgba_drops_alpha_with_a_warning_and_predicts_as_rgb():
     assert session.image_info.n_channels == 3 and session.spatial_shape == (96, 96)
     np.testing.assert_array_equal(session.predict(), expected)
     assert rgba.shape == (96, 96, 4)  # the caller's array is untouched
+
+
+@pytest.mark.parametrize("factor", [1e300, 1e-300])
+def test_float64_images_at_extreme_scales_segment_like_the_unscaled_image(factor):
+    """Percentile scaling in float64: 1e300 or 1e-300 does not overflow or vanish in float32."""
+    from napari_scribble_refine import load_model
+    from napari_scribble_refine.core.synthetic import synthetic_fluorescence
+
+    image = synthetic_fluorescence((96, 96), seed=11).image.astype(np.float64)
+    model = load_model("hovernet-fluo")
+    expected = RefineSession(model, image, RefineConfig(device="cpu")).predict()
+    assert expected.any()
+    scaled = RefineSession(model, image * factor, RefineConfig(device="cpu")).predict()
+    assert np.mean(scaled == expected) > 0.999

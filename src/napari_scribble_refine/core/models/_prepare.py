@@ -72,9 +72,13 @@ def normalise_array(image: np.ndarray, normalise: Normaliser) -> np.ndarray:
                 f"the normalise callable changed the image shape from {image.shape} to {out.shape}"
             )
         return out
-    data = np.asarray(image, dtype=np.float32)
     if normalise in (None, "none"):
+        data = np.asarray(image, dtype=np.float32)
         return data.copy() if data is image else data
+    # float64 stays float64 until scaled: values such as 1e300 or 1e-300 would overflow or
+    # flush to zero in float32 and leave a blank image
+    wide = np.asarray(image).dtype == np.float64
+    data = np.asarray(image, dtype=np.float64 if wide else np.float32)
     if normalise == "percentile":
         low, high = np.percentile(data, PERCENTILES)
     else:

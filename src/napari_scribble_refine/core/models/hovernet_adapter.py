@@ -135,16 +135,18 @@ def prepare_image(image: np.ndarray, normalisation: Mapping[str, Any] | None) ->
     if kind == "uint8":
         if data.dtype == np.uint8:
             return data.astype(np.float32)
-        as_float = data.astype(np.float32)
+        as_float = data.astype(np.float64 if data.dtype == np.float64 else np.float32)
         if (
             np.issubdtype(data.dtype, np.floating)
             and as_float.size
             and as_float.min() >= 0
             and as_float.max() <= 1
         ):
-            return as_float * np.float32(255)
+            return (as_float * 255).astype(np.float32, copy=False)
         return _scale(as_float, *np.percentile(as_float, PERCENTILES)) * np.float32(255)
-    as_float = data.astype(np.float32)
+    # float64 stays float64 until scaled: values such as 1e300 or 1e-300 would overflow or
+    # flush to zero in float32 and leave a blank image
+    as_float = data.astype(np.float64 if data.dtype == np.float64 else np.float32)
     if kind == "percentile":
         low, high = np.percentile(as_float, (float(norm["low"]), float(norm["high"])))
     else:
@@ -156,7 +158,8 @@ def _scale(data: np.ndarray, low: float, high: float) -> np.ndarray:
     if high <= low:
         low, high = float(data.min()), float(data.max())
     scale = 1.0 / (high - low) if high > low else 1.0
-    return ((data - np.float32(low)) * np.float32(scale)).astype(np.float32, copy=False)
+    kind = data.dtype.type  # float32, or float64 for float64 images
+    return ((data - kind(low)) * kind(scale)).astype(np.float32, copy=False)
 
 
 class HoVerNetModel(SegmentationModel):
