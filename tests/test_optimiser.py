@@ -10,16 +10,21 @@ import torch
 from napari_scribble_refine.core.optimiser import Adam, MomentumSGD, proximity
 
 
+def _step_alongside(ours, ref, opt_ours, opt_ref, steps: int, loss) -> None:
+    """Take ``steps`` steps of both optimisers, each on ``loss`` of its own parameter."""
+    for _ in range(steps):
+        for p, opt in ((ours, opt_ours), (ref, opt_ref)):
+            opt.zero_grad()
+            loss(p).backward()
+            opt.step()
+
+
 def test_adam_matches_torch_optim_adam():
     torch.manual_seed(0)
     ours = torch.nn.Parameter(torch.randn(5, 3))
     ref = torch.nn.Parameter(ours.detach().clone())
     opt_ours, opt_ref = Adam([ours], lr=0.05), torch.optim.Adam([ref], lr=0.05)
-    for _ in range(20):
-        for p, opt in ((ours, opt_ours), (ref, opt_ref)):
-            opt.zero_grad()
-            ((p**3).sum() + p.sum()).backward()
-            opt.step()
+    _step_alongside(ours, ref, opt_ours, opt_ref, 20, lambda p: (p**3).sum() + p.sum())
     torch.testing.assert_close(ours.detach(), ref.detach(), rtol=1e-5, atol=1e-6)
     assert not torch.equal(ours.detach(), torch.zeros(5, 3))
 
@@ -30,11 +35,8 @@ def test_adam_with_other_betas_and_eps_matches_torch_optim_adam():
     ref = torch.nn.Parameter(ours.detach().clone())
     kwargs = {"lr": 0.1, "betas": (0.5, 0.8), "eps": 0.3}  # eps large enough to matter
     opt_ours, opt_ref = Adam([ours], **kwargs), torch.optim.Adam([ref], **kwargs)
-    for _ in range(6):
-        for p, opt in ((ours, opt_ours), (ref, opt_ref)):
-            opt.zero_grad()
-            (p**2 * torch.arange(8.0).reshape(4, 2)).sum().backward()
-            opt.step()
+    weights = torch.arange(8.0).reshape(4, 2)
+    _step_alongside(ours, ref, opt_ours, opt_ref, 6, lambda p: (p**2 * weights).sum())
     torch.testing.assert_close(ours.detach(), ref.detach(), rtol=1e-5, atol=1e-6)
 
 
@@ -106,11 +108,7 @@ def test_momentum_sgd_matches_torch_optim_sgd():
     ref = torch.nn.Parameter(ours.detach().clone())
     opt_ours = MomentumSGD([ours], lr=0.05, momentum=0.9)
     opt_ref = torch.optim.SGD([ref], lr=0.05, momentum=0.9)
-    for _ in range(10):
-        for p, opt in ((ours, opt_ours), (ref, opt_ref)):
-            opt.zero_grad()
-            ((p**3).sum() + p.sum()).backward()
-            opt.step()
+    _step_alongside(ours, ref, opt_ours, opt_ref, 10, lambda p: (p**3).sum() + p.sum())
     torch.testing.assert_close(ours.detach(), ref.detach(), rtol=1e-5, atol=1e-6)
 
 

@@ -57,6 +57,12 @@ def _opaque() -> TorchModuleModel:
     return model
 
 
+def _trainable(model: TorchModuleModel) -> None:
+    """Let the head's parameters take gradients, as a refinement does."""
+    for p in model.head_module.parameters():
+        p.requires_grad_(True)
+
+
 def _features(key: str, shape: tuple[int, ...], seed: int = 0) -> dict[str, torch.Tensor]:
     return {key: torch.randn(shape, generator=torch.Generator().manual_seed(seed))}
 
@@ -361,8 +367,7 @@ def test_dense_keep_term_with_a_single_unscribbled_pixel_gives_it_the_whole_weig
 def _pointwise_case() -> tuple[TorchModuleModel, Batch, np.ndarray, np.ndarray, np.ndarray]:
     """A point-wise batch of 6 pixels and the numpy values to check it with."""
     model = _pointwise()
-    for p in model.head_module.parameters():
-        p.requires_grad_(True)
+    _trainable(model)
     gen = torch.Generator().manual_seed(3)
     feats = torch.randn(1, 4, 1, 6, generator=gen)
     target = torch.tensor([[[0, 1, 2, 2, 1, 0]]])
@@ -459,8 +464,7 @@ def test_loss_and_gradients_accumulate_over_batches():
 
 def test_violations_count_only_scribbled_pixels():
     model = _spatial()
-    for p in model.head_module.parameters():
-        p.requires_grad_(True)
+    _trainable(model)
     features = _features("trunk", (1, 4, 5, 5))
     with torch.no_grad():
         predicted = model.head(features).argmax(1)[0].numpy()
@@ -475,8 +479,7 @@ def test_violations_count_only_scribbled_pixels():
 
 def test_dense_batch_loss_counts_only_scribbled_pixels():
     model = _spatial()
-    for p in model.head_module.parameters():
-        p.requires_grad_(True)
+    _trainable(model)
     features = _features("trunk", (1, 4, 5, 5), seed=4)
     target = np.full((1, 5, 5), IGNORE, np.int64)
     target[0, 0, 0], target[0, 2, 3], target[0, 4, 4] = 0, 2, 1
@@ -559,8 +562,7 @@ def test_opaque_batches_take_one_slice_each_and_the_anchor_for_the_keep_term():
 
 def test_dense_keep_term_in_the_loss_is_the_shared_kl_per_pixel():
     model = _opaque()
-    for p in model.head_module.parameters():
-        p.requires_grad_(True)
+    _trainable(model)
     features = _features("input", (1, 1, 3, 4), seed=6)
     targets = np.full((1, 3, 4), IGNORE, np.int64)
     targets[0, 1, 1] = 2
