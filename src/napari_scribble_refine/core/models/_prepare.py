@@ -45,6 +45,16 @@ def check_normaliser(normalise: Normaliser) -> Normaliser:
     )
 
 
+def working_float(image: np.ndarray) -> np.ndarray:
+    """Return the image in the float type its scaling uses: float64 stays, else float32.
+
+    Values such as 1e300 or 1e-300 would overflow or flush to zero in float32 and leave a
+    blank image, so float64 images are scaled in float64 and cast afterwards.
+    """
+    data = np.asarray(image)
+    return data.astype(np.float64 if data.dtype == np.float64 else np.float32, copy=False)
+
+
 def normalise_array(image: np.ndarray, normalise: Normaliser) -> np.ndarray:
     """Scale an image (or stack) to the network's input range, as float32.
 
@@ -75,10 +85,7 @@ def normalise_array(image: np.ndarray, normalise: Normaliser) -> np.ndarray:
     if normalise in (None, "none"):
         data = np.asarray(image, dtype=np.float32)
         return data.copy() if data is image else data
-    # float64 stays float64 until scaled: values such as 1e300 or 1e-300 would overflow or
-    # flush to zero in float32 and leave a blank image
-    wide = np.asarray(image).dtype == np.float64
-    data = np.asarray(image, dtype=np.float64 if wide else np.float32)
+    data = working_float(image)
     if normalise == "percentile":
         low, high = np.percentile(data, PERCENTILES)
     else:

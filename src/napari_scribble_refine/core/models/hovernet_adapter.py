@@ -44,7 +44,7 @@ from torch import nn
 
 from ..hovernet_postprocess import hv_instances, instance_info
 from ._grow import check_new_class, grow_output_layer
-from ._prepare import PERCENTILES, to_input_tensor
+from ._prepare import PERCENTILES, to_input_tensor, working_float
 from .base import Features, SegmentationModel
 from .hovernet import HoVerNet
 from .hovernet_checkpoint import LoadedHoVerNet
@@ -132,10 +132,10 @@ def prepare_image(image: np.ndarray, normalisation: Mapping[str, Any] | None) ->
     data = np.asarray(image)
     if kind == "none":
         return np.array(data, dtype=np.float32, copy=True)
+    if kind == "uint8" and data.dtype == np.uint8:
+        return data.astype(np.float32)
+    as_float = working_float(data)  # float64 stays float64 until scaled
     if kind == "uint8":
-        if data.dtype == np.uint8:
-            return data.astype(np.float32)
-        as_float = data.astype(np.float64 if data.dtype == np.float64 else np.float32)
         if (
             np.issubdtype(data.dtype, np.floating)
             and as_float.size
@@ -144,9 +144,6 @@ def prepare_image(image: np.ndarray, normalisation: Mapping[str, Any] | None) ->
         ):
             return (as_float * 255).astype(np.float32, copy=False)
         return _scale(as_float, *np.percentile(as_float, PERCENTILES)) * np.float32(255)
-    # float64 stays float64 until scaled: values such as 1e300 or 1e-300 would overflow or
-    # flush to zero in float32 and leave a blank image
-    as_float = data.astype(np.float64 if data.dtype == np.float64 else np.float32)
     if kind == "percentile":
         low, high = np.percentile(as_float, (float(norm["low"]), float(norm["high"])))
     else:
