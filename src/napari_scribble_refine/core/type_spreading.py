@@ -89,6 +89,6 @@ def spread_types(
     best = d_new.argmin(1)
     move = free & (d_new[np.arange(ids.size), best] < margin * d_old)
     if move.any():
-        new = np.where(move, classes[best], own)
-        out[inside] = np.where(move[lab], new[lab], class_map[inside]).astype(out.dtype)
+        moved = np.where(move[lab], classes[best][lab], class_map[inside])
+        out[inside] = moved.astype(out.dtype)
     return out
