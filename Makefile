@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q -c constraints.txt
 
-.PHONY: demo test lint bench benchmark mutation clean
+.PHONY: demo test lint bench benchmark mutation fuzz clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,11 @@ mutation: $(VENV)/.mutmut-installed
 		|| { tail -n 40 mutants/mutmut-run.log; exit 1; }; \
 	echo "mutmut run took $$(( $$(date +%s) - start )) s"
 	@$(PY) scripts/mutation_report.py
+
+# Property-based tests of the public entry points (Hypothesis) with 20 times the examples
+# `make test` runs (tests/conftest.py's "long" profile); about 11 minutes on 2 cores.
+fuzz: $(VENV)/.installed
+	HYPOTHESIS_PROFILE=long $(PY) -m pytest tests/test_fuzz*.py -p no:randomly -q
 
 clean:
 	rm -rf $(VENV) demo_output mutants

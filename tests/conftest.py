@@ -8,20 +8,46 @@ disks only: it predicts background and "nucleus" almost right, predicts its thir
 from __future__ import annotations
 
 import copy
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from _fuzz import CI_MAX_EXAMPLES, LONG_MAX_EXAMPLES  # noqa: E402
 from _tiny_nets import CLASSES2, CLASSES3, TinyUNet, disks_scene, train_tiny_unet  # noqa: E402
 
 from napari_scribble_refine.core.config import RefineConfig  # noqa: E402
 from napari_scribble_refine.core.models.module import TorchModuleModel  # noqa: E402
+
+# Hypothesis profiles of the property-based tests (tests/test_fuzz_*.py), chosen with the
+# environment variable HYPOTHESIS_PROFILE: "ci" (default) is small and reproducible (the same
+# examples on every run, no example database); "long" runs 20 times as many random examples
+# and keeps failing ones in .hypothesis/ (git-ignored) to replay them first next time.
+_SLOW_IS_FINE = [HealthCheck.too_slow, HealthCheck.large_base_example, HealthCheck.data_too_large]
+settings.register_profile(
+    "ci",
+    max_examples=CI_MAX_EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    print_blob=True,
+    suppress_health_check=_SLOW_IS_FINE,
+)
+settings.register_profile(
+    "long",
+    max_examples=LONG_MAX_EXAMPLES,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=_SLOW_IS_FINE,
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")

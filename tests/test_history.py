@@ -238,12 +238,46 @@ def test_push_live_after_a_push_moves_to_the_newest_entry(model):
 
 
 @pytest.mark.filterwarnings("ignore:Undo history over its budget")
+def _noise(shape: int | tuple[int, ...], seed: int) -> np.ndarray:
+    """Scribble values that zlib cannot shrink, so the history keeps them as arrays."""
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def test_sparse_scribbles_of_past_states_are_kept_compressed(model):
+    """Before: 1 byte per pixel per state (the soak: 211 MB for 873 states at 512²)."""
+    history = HeadHistory(model, budget_mb=1024)
+    rng = np.random.default_rng(0)
+    states = []
+    for i in range(200):
+        marks = np.zeros((1024, 1024), np.uint8)
+        ys, xs = rng.integers(0, 1024, (2, 40))
+        for y, x in zip(ys, xs, strict=True):
+            marks[y : y + 5, x : x + 60] = 1 + i % 3  # 40 strokes
+        marks.setflags(write=False)
+        states.append(marks)
+        _set(model, float(i))
+        history.push_live(f"refine {i}", Constraints(marks, True, RefineConfig()))
+    assert history.dropped == 0
+    assert history.nbytes < 2**20 + 200 * 20_000  # the current array and 199 packed ones
+    assert history.pins is states[-1]  # the current state's array itself
+    for i in (198, 150, 3):
+        while history.position > i + 1:
+            history.undo()
+        pins = history.pins
+        np.testing.assert_array_equal(pins, states[i])
+        assert not pins.flags.writeable
+    while history.redo():
+        pass
+    np.testing.assert_array_equal(history.pins, states[-1])
+
+
 def test_the_history_keeps_to_its_memory_budget_dropping_the_oldest_states(model):
-    """Each state below holds a 1 MB scribble array; a 3.5 MB budget keeps three of them."""
+    """Each state below holds 1 MB of scribbles that do not compress; a 3.5 MB budget keeps
+    three of them."""
     head_bytes = sum(p.numel() * 4 for p in model.head_module.parameters())
     assert head_bytes < 10_000  # the snapshots are small beside the scribbles
     history = HeadHistory(model, budget_mb=3.5)
-    scribbles = [np.full((1024, 1024), i, np.uint8) for i in range(1, 6)]
+    scribbles = [_noise((1024, 1024), i) for i in range(1, 6)]
     for i, marks in enumerate(scribbles, start=1):
         _set(model, float(i))
         history.push_live(f"refine {i}", Constraints(marks, True, RefineConfig()))
@@ -265,11 +299,11 @@ def test_the_history_keeps_to_its_memory_budget_dropping_the_oldest_states(model
 def test_dropping_states_warns_and_reset_still_restores_the_pretrained_head(model):
     pretrained = _weights(model)
     history = HeadHistory(model, budget_mb=1.5)
-    big = Constraints(np.ones((1024, 1024), np.uint8), True, RefineConfig())
+    big = Constraints(_noise((1024, 1024), 1), True, RefineConfig())
     _set(model, 1.0)
     history.push("first", constraints=big)
     _set(model, 2.0)
-    other = Constraints(np.full((1024, 1024), 2, np.uint8), True, RefineConfig())
+    other = Constraints(_noise((1024, 1024), 2), True, RefineConfig())
     with pytest.warns(UserWarning, match=r"budget of 1.5 MB: the oldest 1 state\(s\) \(first\)"):
         history.push("second", constraints=other)
     assert history.labels == ["pre-trained", "second"]
@@ -283,7 +317,7 @@ def test_history_bytes_are_the_snapshots_anchor_and_scribbles_counted_once(model
     head = sum(p.numel() * 4 for p in model.head_module.parameters())  # float32
     history = HeadHistory(model, budget_mb=0.5)  # budgets under 1 MB are fine
     assert history.nbytes == 2 * head  # the pre-trained snapshot and the anchor
-    marks = Constraints(np.zeros((256, 256), np.uint8), True, RefineConfig())
+    marks = Constraints(_noise((256, 256), 0), True, RefineConfig())
     _set(model, 1.0)
     history.push("first", constraints=marks)
     assert history.nbytes == 3 * head + 256 * 256
@@ -299,15 +333,11 @@ def test_exactly_at_budget_nothing_is_dropped_and_one_push_can_drop_several(mode
     history = HeadHistory(model, budget_mb=exact)
     for i in range(1, 4):
         _set(model, float(i))
-        history.push(
-            f"s{i}", constraints=Constraints(np.full(mb, i, np.uint8), True, RefineConfig())
-        )
+        history.push(f"s{i}", constraints=Constraints(_noise(mb, i), True, RefineConfig()))
     assert history.dropped == 0 and history.nbytes == exact * mb
     _set(model, 4.0)
     with pytest.warns(UserWarning, match=r"the oldest 2 state\(s\) \(s1, s2\)"):
-        history.push(
-            "s4", constraints=Constraints(np.full(2 * mb, 4, np.uint8), True, RefineConfig())
-        )
+        history.push("s4", constraints=Constraints(_noise(2 * mb, 4), True, RefineConfig()))
     assert history.labels == ["pre-trained", "s3", "s4"]
 
 

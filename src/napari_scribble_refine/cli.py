@@ -12,17 +12,24 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import tifffile
+from tqdm import tqdm
 
-from .core import RefineConfig, RefineSession, load_model
+from .core import RefineConfig, RefineResult, RefineSession, load_model
 from .core.images import validate_image
+from .core.memory import TooLargeError, available_memory
 from .core.metrics import dice, per_class_dice
 from .core.models.base import SegmentationModel
-from .core.models.registry import default_model
+from .core.models.bioimageio_package import is_bioimageio_source
+from .core.models.registry import default_model, is_torchscript
 from .core.robot import RobotUser
 from .core.synthetic import synthetic_fluorescence, synthetic_he
 
@@ -51,10 +58,69 @@ def _write(path: Path, array: np.ndarray) -> None:
 
 
 def _read_image(path: str, name: str) -> np.ndarray:
+    """Read a TIFF, refusing files that are unreadable or larger than the memory left."""
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"{name}: no such file {file}; give the path of a TIFF file")
-    return tifffile.imread(file)
+    try:
+        with tifffile.TiffFile(file) as tif:
+            series = tif.series[0]
+            shape, dtype = tuple(series.shape), np.dtype(series.dtype)
+            needed = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+            room = available_memory()
+            if room is not None and needed > room:
+                raise TooLargeError(
+                    f"{name}: {file} holds an image of shape {shape} ({dtype}) that needs "
+                    f"{needed / 2**30:.1f} GB in memory, but {room / 2**30:.1f} GB is "
+                    "available; crop it to the region to correct first"
+                )
+            return series.asarray()
+    except (TooLargeError, MemoryError) as err:
+        if isinstance(err, MemoryError):
+            raise TooLargeError(f"{name}: {file} does not fit in memory") from None
+        raise
+    except Exception as err:  # tifffile raises assorted types for damaged files
+        raise ValueError(
+            f"{name}: cannot read {file} as a TIFF ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:200] if str(err) else 'damaged file'})"
+        ) from None
+
+
+class _Progress:
+    """Progress bars on stderr (shown on a terminal only, as tqdm decides)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    def bar(self, description: str, total: int) -> tqdm:
+        """Return a bar counting ``total`` pieces of work."""
+        return tqdm(
+            total=total,
+            desc=description,
+            unit="step",
+            leave=False,
+            file=sys.stderr,
+            disable=None if self.enabled else True,
+        )
+
+    def counter(self, description: str) -> Callable[[int, int], None]:
+        """Return a ``progress(done, total)`` callback drawing one bar."""
+        state: dict[str, tqdm] = {}
+
+        def update(done: int, total: int) -> None:
+            if "bar" not in state:
+                state["bar"] = self.bar(description, total)
+            bar = state["bar"]
+            bar.update(done - bar.n)
+            if done >= total:
+                bar.close()
+
+        return update
+
+    def note(self, text: str) -> None:
+        """Announce a stage without a count (above the bars, on a terminal)."""
+        if self.enabled and sys.stderr.isatty():
+            tqdm.write(text, file=sys.stderr)
 
 
 def run_demo(out: Path, interactions: int = 3, size: int = 512) -> dict:
@@ -77,6 +143,10 @@ def run_demo(out: Path, interactions: int = 3, size: int = 512) -> dict:
     dict
         Per sample: Dice before and after each interaction and seconds per interaction.
     """
+    if size < 64:
+        raise ValueError(f"--size must be at least 64 (pixels per side), got {size}")
+    if interactions < 0:
+        raise ValueError(f"--interactions must be 0 or more, got {interactions}")
     out.mkdir(parents=True, exist_ok=True)
     # Larger nuclei than the models were trained on: a domain shift they get partly wrong,
     # which is where scribble corrections earn their keep.
@@ -139,10 +209,37 @@ def run_demo(out: Path, interactions: int = 3, size: int = 512) -> dict:
 def _model_for(args: argparse.Namespace, image: np.ndarray) -> SegmentationModel:
     """Load the model the user named, else the built-in one that suits the image."""
     name = args.model
+    is_rgb = validate_image(image, rgb=args.rgb).is_rgb
     if name is None:
-        name = default_model(validate_image(image, rgb=args.rgb).is_rgb)
+        name = default_model(is_rgb)
         print(f"model: {name} (chosen for this image; --model picks another)")
-    return load_model(name, allow_code=args.allow_code)
+    kwargs: dict = {}
+    if args.class_names:
+        kwargs["class_names"] = [c.strip() for c in args.class_names.split(",")]
+    if args.allow_code and is_torchscript(name):
+        kwargs["head"] = args.head
+        kwargs["in_channels"] = args.in_channels or (3 if is_rgb else 1)
+        kwargs["size_multiple"] = args.size_multiple
+    elif args.allow_code and is_bioimageio_source(name):  # the package gives its channels
+        kwargs["head"] = args.head
+        if args.in_channels:
+            raise ValueError("--in-channels: a bioimage.io package gives its own; leave it out")
+    elif args.head or args.in_channels or args.class_names:
+        raise ValueError(
+            "--head, --in-channels and --class-names apply to TorchScript models and "
+            "bioimage.io packages only (with --allow-code); the built-in and HoVer-Net models "
+            "know their own"
+        )
+    return load_model(name, allow_code=args.allow_code, **kwargs)
+
+
+def _session(
+    args: argparse.Namespace, image: np.ndarray, config: RefineConfig, progress: _Progress
+) -> RefineSession:
+    model = _model_for(args, image)
+    return RefineSession(
+        model, image, config, rgb=args.rgb, progress=progress.counter("running the network")
+    )
 
 
 def _check_out(prefix: str) -> None:
@@ -157,16 +254,13 @@ def _check_out(prefix: str) -> None:
         raise ValueError(f"--out {prefix}: the folder {folder} is not writable; give another --out")
 
 
-def _predict(args: argparse.Namespace) -> None:
+def _predict(args: argparse.Namespace, progress: _Progress) -> None:
     _check_out(args.out)
     image = _read_image(args.image, "image")
-    session = RefineSession(
-        _model_for(args, image),
-        image,
-        RefineConfig(device=args.device),
-        rgb=args.rgb,
-    )
+    session = _session(args, image, RefineConfig(device=args.device), progress)
+    progress.note("predicting classes ...")
     _write(Path(f"{args.out}_classes.tif"), session.predict().astype(np.uint8))
+    progress.note("separating nuclei ...")
     instances, _ = session.instances()
     _write(Path(f"{args.out}_instances.tif"), instances.astype(np.uint32))
     print(
@@ -174,7 +268,7 @@ def _predict(args: argparse.Namespace) -> None:
     )
 
 
-def _refine(args: argparse.Namespace) -> None:
+def _refine(args: argparse.Namespace, progress: _Progress) -> None:
     _check_out(args.out)
     image = _read_image(args.image, "image")
     scribbles = _read_image(args.scribbles, "scribbles")
@@ -184,19 +278,50 @@ def _refine(args: argparse.Namespace) -> None:
         region_growing=not args.no_region_growing,
         device=args.device,
     )
-    session = RefineSession(_model_for(args, image), image, config, rgb=args.rgb)
-    result = session.run(scribbles)
+    session = _session(args, image, config, progress)
+    result = _run_with_bar(session, scribbles, progress)
     print(result.message)
     _write(Path(f"{args.out}_classes.tif"), result.prediction.astype(np.uint8))
+    progress.note("separating nuclei ...")
     instances, _ = session.instances()
     _write(Path(f"{args.out}_instances.tif"), instances.astype(np.uint32))
     for other in args.apply_to or []:
         target = RefineSession(
-            session.model, _read_image(other, "--apply-to"), config, rgb=args.rgb
+            session.model,
+            _read_image(other, "--apply-to"),
+            config,
+            rgb=args.rgb,
+            progress=progress.counter(f"applying to {Path(other).name}"),
         )
         name = f"{args.out}_{Path(other).stem}_classes.tif"
         _write(Path(name), target.predict().astype(np.uint8))
         print(f"applied the refined model to {other}: {name}")
+
+
+def _run_with_bar(
+    session: RefineSession, scribbles: np.ndarray, progress: _Progress
+) -> RefineResult:
+    """Refine to the end, with a bar over the optimiser steps."""
+    generator = session.refine(scribbles, previews=False)
+    with progress.bar("refining", session.config.max_iterations) as bar:
+        while True:
+            try:
+                step = next(generator)
+            except StopIteration as stop:
+                return stop.value
+            bar.update(step.iteration - bar.n)
+
+
+class _UsageError(ValueError):
+    """A command line argparse refuses (its message, without the usage block)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line and exit status 2, through :func:`main`."""
+
+    def error(self, message: str) -> NoReturn:
+        """Raise the refusal instead of printing the usage and exiting."""
+        raise _UsageError(f"{message} ({self.prog} --help lists the options)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -207,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     argparse.ArgumentParser
         The parser with sub-commands ``demo``, ``predict`` and ``refine``.
     """
-    parser = argparse.ArgumentParser(prog="scribble-refine", description=__doc__.split("\n")[0])
+    parser = _Parser(prog="scribble-refine", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="scripted refinement on synthetic samples")
@@ -235,7 +360,30 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--allow-code",
             action="store_true",
-            help="allow model files that execute code (TorchScript)",
+            help="allow model files that execute code (TorchScript, bioimage.io packages)",
+        )
+        p.add_argument(
+            "--head",
+            default=None,
+            help="TorchScript, bioimage.io: parameter-name prefix of the layer(s) to tune "
+            "(default: the last layer)",
+        )
+        p.add_argument(
+            "--in-channels",
+            type=int,
+            default=None,
+            help="TorchScript: channels the network takes (default: 3 for colour images, 1)",
+        )
+        p.add_argument(
+            "--class-names",
+            default=None,
+            help="TorchScript, bioimage.io: comma-separated output classes, background first",
+        )
+        p.add_argument(
+            "--size-multiple",
+            type=int,
+            default=1,
+            help="TorchScript: image sides the network takes are multiples of this",
         )
         p.add_argument(
             "--rgb",
@@ -245,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--device", default="auto")
         p.add_argument("--out", required=True, help="prefix of the output TIFF files")
+        p.add_argument("--no-progress", action="store_true", help="no progress bars on a terminal")
     return parser
 
 
@@ -259,20 +408,60 @@ def main(argv: list[str] | None = None) -> int:
     Returns
     -------
     int
-        Exit status: 0 on success, 2 on bad input.
+        Exit status: 0 on success; 2 on bad input, a file-system error or a missing
+        optional package (a one-line message); 1 on an unexpected error (a short message
+        naming a log file with the traceback); 130 when interrupted.
     """
-    args = build_parser().parse_args(argv)
+    given = sys.argv[1:] if argv is None else argv
+    try:
+        args = build_parser().parse_args(given)
+    except _UsageError as error:
+        command = next((a for a in given if a in ("demo", "predict", "refine")), "")
+        print(f"scribble-refine {command}: {error}".replace(" :", ":"), file=sys.stderr)
+        return 2
+    progress = _Progress(not getattr(args, "no_progress", True))
     try:
         if args.command == "demo":
             run_demo(Path(args.out), args.interactions, args.size)
         elif args.command == "predict":
-            _predict(args)
+            _predict(args, progress)
         else:
-            _refine(args)
-    except (ValueError, TypeError, FileNotFoundError) as error:
-        print(f"scribble-refine {args.command}: {error}", file=sys.stderr)
+            _refine(args, progress)
+    except (ValueError, TypeError, OSError, ImportError) as error:  # ImportError: an extra
+        print(f"scribble-refine {args.command}: {_one_line(error)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"scribble-refine {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - the last resort: a message and a log
+        log = _write_log(argv)
+        print(
+            f"scribble-refine {args.command}: unexpected error ({type(error).__name__}: "
+            f"{_last_line(error)}). The details are in {log}; please report them.",
+            file=sys.stderr,
+        )
+        return 1
     return 0
+
+
+def _one_line(error: BaseException) -> str:
+    """Return an error's message on one line."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _last_line(error: BaseException) -> str:
+    """Return the last line of an error's message (where torch's long errors say what failed)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1][:300] if lines else type(error).__name__
+
+
+def _write_log(argv: list[str] | None) -> Path:
+    """Write the current exception's traceback to a log file and return its path."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    log = Path(tempfile.gettempdir()) / f"scribble-refine-{stamp}-{os.getpid()}.log"
+    command = " ".join(sys.argv[:1] + (argv if argv is not None else sys.argv[1:]))
+    log.write_text(f"command: {command}\n\n{traceback.format_exc()}")
+    return log
 
 
 if __name__ == "__main__":

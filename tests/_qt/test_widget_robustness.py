@@ -79,7 +79,8 @@ def test_closing_with_a_live_update_pending_is_clean(shown, fluo_sample, qtbot, 
     for _ in range(10):  # one more preview right after a delivery waits for its turn
         if live.pending:
             break
-        live.push(np.zeros_like(layer.data))
+        live.push(layer.data.copy())  # delivered at once when the last delivery is old
+    live.push(np.zeros_like(layer.data))  # replaces the waiting value: must never show
     assert live.pending and shown.busy
     viewer = shown.viewer
     with qtbot.capture_exceptions() as exceptions:

@@ -2,6 +2,7 @@
 
 from .config import RefineConfig
 from .devices import resolve_device
+from .memory import TooLargeError
 from .models.module import TorchModuleModel
 from .models.registry import available_models, load_model
 from .models.torchscript import TorchScriptModel
@@ -14,6 +15,7 @@ __all__ = [
     "RefineSession",
     "RefineStep",
     "TorchModuleModel",
+    "TooLargeError",
     "TorchScriptModel",
     "available_models",
     "load_model",

@@ -28,8 +28,16 @@ def _check_types(config: RefineConfig) -> None:
                 f"RefineConfig.{f.name} must be {article} {kind}, got {value!r} "
                 f"({type(value).__name__})"
             )
-        if kind == "float" and not math.isfinite(value):
+        if kind == "float" and not _is_finite(value):
             raise ValueError(f"RefineConfig.{f.name} must be a finite number, got {value!r}")
+
+
+def _is_finite(value: Real) -> bool:
+    """Whether a number is finite as a float (an int too large for a float is not)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,12 +53,44 @@ class Constraints:
     settings: RefineConfig
 
 
+@dataclass(frozen=True)
+class _Packed:
+    """Constraints of a state the cursor is not on, their scribbles zlib-compressed.
+
+    Scribbles are mostly zeros, so a 512² array of 262 KB packs into a few KB; only the
+    current state's are kept as an array (and any that would not shrink).
+    """
+
+    data: bytes
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    pinned: bool
+    settings: RefineConfig
+
+    @classmethod
+    def pack(cls, constraints: Constraints) -> _Packed:
+        """Compress the scribbles of ``constraints``."""
+        marks = np.ascontiguousarray(constraints.scribbles)
+        return cls(
+            zlib.compress(marks.tobytes(), 1),
+            marks.shape,
+            marks.dtype,
+            constraints.pinned,
+            constraints.settings,
+        )
+
+    def unpack(self) -> Constraints:
+        """Return the constraints with a new read-only scribble array."""
+        marks = np.frombuffer(zlib.decompress(self.data), self.dtype).reshape(self.shape)
+        return Constraints(marks, self.pinned, self.settings)  # frombuffer: read-only
+
+
 @dataclass
 class _Entry:
     label: str
     state: HeadState | None  # None: the model's live weights, not yet copied
     anchor: Anchor
-    constraints: Constraints | None = None  # scribbles this state was tuned on
+    constraints: Constraints | _Packed | None = None  # scribbles this state was tuned on
 
 
 class HeadHistory:
@@ -67,10 +100,11 @@ class HeadHistory:
     bit for bit. The newest entry may be *live*: the weights a running refinement is
     changing, copied only when the history next needs them.
 
-    The snapshots and their scribbles (1 byte per pixel each) are kept within a memory
-    budget: when a new entry takes the history over it, the oldest states after the
-    pre-trained one are dropped, with a warning that says so (undo then goes back less far;
-    reset still restores the pre-trained head).
+    The snapshots and their scribbles are kept within a memory budget. The current state's
+    scribbles are an array (1 byte per pixel); the other states' are zlib-compressed (a
+    few KB for a 512² image). When a new entry takes the history over the budget, the
+    oldest states after the pre-trained one are dropped, with a warning that says so (undo
+    then goes back less far; reset still restores the pre-trained head).
 
     Parameters
     ----------
@@ -119,7 +153,10 @@ class HeadHistory:
     @property
     def constraints(self) -> Constraints | None:
         """The scribbles the current state was tuned on (None: none)."""
-        return self._entries[self._pos].constraints
+        entry = self._entries[self._pos]
+        if isinstance(entry.constraints, _Packed):
+            entry.constraints = entry.constraints.unpack()
+        return entry.constraints
 
     @property
     def pins(self) -> np.ndarray | None:
@@ -140,6 +177,15 @@ class HeadHistory:
         if entry.state is None:
             entry.state = self._model.head_state()
 
+    def _leave(self) -> None:
+        """Freeze the current entry and pack its scribbles: the cursor is about to move."""
+        self.freeze()
+        entry = self._entries[self._pos]
+        if isinstance(entry.constraints, Constraints):
+            packed = _Packed.pack(entry.constraints)
+            if len(packed.data) < entry.constraints.scribbles.nbytes:  # only when it saves
+                entry.constraints = packed
+
     def push_live(self, label: str, constraints: Constraints | None = None) -> None:
         """Start a new entry for weights about to change in place (a refinement).
 
@@ -150,9 +196,10 @@ class HeadHistory:
         constraints : Constraints, optional
             The scribbles the new state is tuned on (kept as given).
         """
-        self.freeze()
+        anchor = self.anchor
+        self._leave()
         self._truncate()
-        self._entries.append(_Entry(label, None, self.anchor, constraints))
+        self._entries.append(_Entry(label, None, anchor, constraints))
         self._pos += 1
         self._keep_to_budget()
 
@@ -174,16 +221,11 @@ class HeadHistory:
             The scribbles of the new state (None: none); by default the current ones carry
             over.
         """
-        self.freeze()
+        carried = self.constraints if constraints is _KEEP else constraints
+        anchor = self.anchor if anchor is None else anchor
+        self._leave()
         self._truncate()
-        self._entries.append(
-            _Entry(
-                label,
-                self._model.head_state(),
-                self.anchor if anchor is None else anchor,
-                self.constraints if constraints is _KEEP else constraints,  # type: ignore[arg-type]
-            )
-        )
+        self._entries.append(_Entry(label, self._model.head_state(), anchor, carried))  # type: ignore[arg-type]
         self._pos += 1
         self._keep_to_budget()
 
@@ -197,7 +239,7 @@ class HeadHistory:
         """
         if not self.can_undo:
             return False
-        self.freeze()
+        self._leave()
         self._pos -= 1
         self._restore()
         return True
@@ -212,7 +254,7 @@ class HeadHistory:
         """
         if not self.can_redo:
             return False
-        self.freeze()
+        self._leave()
         self._pos += 1
         self._restore()
         return True
@@ -227,7 +269,7 @@ class HeadHistory:
         """
         if self.is_pretrained:
             return False
-        self.freeze()
+        self._leave()
         self._truncate()
         first = self._entries[0]
         self._entries.append(_Entry("reset", first.state, first.anchor))
@@ -244,7 +286,9 @@ class HeadHistory:
         for entry in self._entries:
             state = entry.state if entry.state is not None else self._model.head_state()
             parts = [state, entry.anchor]
-            if entry.constraints is not None:
+            if isinstance(entry.constraints, _Packed):
+                total += len(entry.constraints.data)
+            elif entry.constraints is not None:
                 parts.append(entry.constraints.scribbles)
             for part in parts:
                 if part is not None and id(part) not in seen:

@@ -11,6 +11,7 @@ Anything else is rejected with a message that says what was given and what to do
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -120,8 +121,8 @@ def validate_image(image: ArrayLike, *, rgb: bool | None = None, name: str = "im
         If the dtype is not real numbers (bool, complex, object, strings).
     ValueError
         If the number of dimensions is not 2 or 3 (a colour axis included), an axis is empty,
-        ``rgb=True`` but the last axis is not 3 or 4 long, a value is NaN or infinite, or
-        every pixel has the same value.
+        ``rgb=True`` but the last axis is not 3 or 4 long, a value is NaN or infinite,
+        every pixel has the same value, or the values span more than the largest float64.
     """
     array = np.asarray(image)
     dtype = array.dtype
@@ -162,6 +163,11 @@ def validate_image(image: ArrayLike, *, rgb: bool | None = None, name: str = "im
     if low == high:
         raise ValueError(
             f"{name} is constant (every pixel is {low.item()!r}); there is nothing to segment"
+        )
+    if not math.isfinite(float(high) - float(low)):  # scaling to [0, 1] would give NaN
+        raise ValueError(
+            f"{name} has values from {low.item()!r} to {high.item()!r}, a range wider than the "
+            "largest float64 number; rescale it first (e.g. image / np.abs(image).max())"
         )
 
     return ImageInfo(

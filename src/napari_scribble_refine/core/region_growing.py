@@ -13,6 +13,7 @@ image size. A 1024 x 1024 image with a few strokes takes a few milliseconds.
 from __future__ import annotations
 
 import math
+from numbers import Integral, Real
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -23,6 +24,58 @@ ROBUST_PERCENTILES = (0.5, 99.5)
 
 RANGE_MAX_SAMPLES = 2**16
 """At most about this many pixels (a regular grid) estimate the robust range."""
+
+LABEL_MAX = int(np.iinfo(np.int32).max)
+"""The largest scribble label: results are int32."""
+
+
+def _is_number(value: object) -> bool:
+    """Whether ``value`` is a real number (Python or numpy; bool counts as 0 or 1)."""
+    return isinstance(value, Real)
+
+
+def _as_float(value: object) -> float:
+    """``float(value)`` for a real number; NaN for anything else or an int beyond float."""
+    if not _is_number(value):
+        return math.nan
+    try:
+        return float(value)
+    except OverflowError:
+        return math.nan
+
+
+def _is_whole(value: object) -> bool:
+    """Whether ``value`` is a whole real number (``3``, ``3.0``, ``np.int64(3)``; not inf)."""
+    return isinstance(value, Integral) or (
+        _is_number(value) and math.isfinite(value) and value == math.floor(value)
+    )
+
+
+def _whole_number(value: object, name: str, minimum: int = 0) -> int:
+    """Return ``value`` as an int, or raise a ValueError naming ``name``.
+
+    Parameters
+    ----------
+    value : object
+        A whole real number such as ``3``, ``3.0`` or ``np.int64(3)``.
+    name : str
+        The argument's name, for the message.
+    minimum : int
+        The smallest valid value.
+
+    Returns
+    -------
+    int
+        The value.
+
+    Raises
+    ------
+    ValueError
+        If ``value`` is not a number, not finite, not whole or below ``minimum``.
+    """
+    if not _is_whole(value) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
 
 
 def robust_intensity_range(
@@ -160,6 +213,11 @@ def grow_scribbles(
             "scribbles must be an integer label array (see validate_scribbles), "
             f"got dtype {labels.dtype}"
         )
+    if pixels.dtype.kind not in "iuf":
+        raise TypeError(
+            f"image must hold real numbers (an integer or floating-point dtype), got dtype "
+            f"{pixels.dtype}"
+        )
     if labels.ndim not in (2, 3):
         raise ValueError(f"scribbles must be 2D or 3D, got shape {labels.shape}")
     if pixels.shape == labels.shape:
@@ -173,12 +231,21 @@ def grow_scribbles(
         )
     if labels.size and labels.min() < 0:
         raise ValueError(f"scribbles must be >= 0, got minimum {labels.min()}")
-    if not threshold >= 0:
+    if labels.size and labels.max() > LABEL_MAX:
+        raise ValueError(f"scribbles must be <= {LABEL_MAX} (int32), got {labels.max()}")
+    if not _as_float(threshold) >= 0:
         raise ValueError(f"threshold must be a number >= 0, got {threshold!r}")
-    if int(max_distance) != max_distance or max_distance < 0:
-        raise ValueError(f"max_distance must be an integer >= 0, got {max_distance!r}")
-    if max_grown_ratio is not None and not max_grown_ratio >= 0:
+    max_distance = _whole_number(max_distance, "max_distance")
+    if max_grown_ratio is not None and not _as_float(max_grown_ratio) >= 0:
         raise ValueError(f"max_grown_ratio must be None or a number >= 0, got {max_grown_ratio!r}")
+    if intensity_range is not None:
+        sequence = isinstance(intensity_range, tuple | list) or np.ndim(intensity_range) == 1
+        bounds = [_as_float(v) for v in intensity_range] if sequence else []
+        if not (len(bounds) == 2 and all(map(math.isfinite, bounds)) and bounds[0] < bounds[1]):
+            raise ValueError(
+                "intensity_range must be None or (low, high) with finite low < high, "
+                f"got {intensity_range!r}"
+            )
     if connectivity not in range(1, labels.ndim + 1):
         raise ValueError(
             f"connectivity must be between 1 and {labels.ndim} for {labels.ndim}D scribbles, "
@@ -186,7 +253,7 @@ def grow_scribbles(
         )
 
     grown = labels.astype(np.int32, order="C", copy=True)  # flat views below need C order
-    if max_distance == 0 or threshold == 0:
+    if max_distance == 0 or threshold == 0 or not grown.any():  # (an empty image too)
         return grown
 
     if intensity_range is None:

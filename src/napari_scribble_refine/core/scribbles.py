@@ -10,12 +10,13 @@ Region growing lives in :mod:`.region_growing` and is re-exported here.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .region_growing import grow_scribbles
+from .region_growing import LABEL_MAX, _is_number, _is_whole, _whole_number, grow_scribbles
 
 __all__ = [
     "boxes_to_scribbles",
@@ -37,7 +38,7 @@ def _label_array(labels: ArrayLike, name: str) -> np.ndarray:
     and dask pipelines sometimes hand labels over as floats). Boolean arrays are rejected:
     ``True`` would silently mean "background" (1), which is rarely what a mask intends.
     """
-    array = np.asarray(labels)
+    array = _as_array(labels, name)
     dtype = array.dtype
     if dtype.kind == "b":
         raise TypeError(
@@ -59,7 +60,42 @@ def _label_array(labels: ArrayLike, name: str) -> np.ndarray:
             f"{name} must be >= 0 (0 = no constraint, 1 = background, c + 1 = class c), "
             f"got minimum {array.min().item()!r}"
         )
+    if array.size and array.max() > LABEL_MAX:
+        raise ValueError(
+            f"{name} must be <= {LABEL_MAX} (labels are int32), got {array.max().item()!r}"
+        )
     return array
+
+
+def _as_array(values: ArrayLike, name: str) -> np.ndarray:
+    """``np.asarray(values)``, raising a ValueError naming ``name`` for ragged input."""
+    try:
+        return np.asarray(values)
+    except (ValueError, TypeError) as err:  # ragged nested sequences
+        raise ValueError(f"{name} must be a rectangular array: {err}") from err
+
+
+def _real_array(values: ArrayLike, name: str) -> np.ndarray:
+    """Coordinates as float64, or raise naming ``name`` when they are not real numbers."""
+    array = _as_array(values, name)
+    if array.dtype.kind not in "biufO":
+        raise TypeError(f"{name} must hold real numbers, got dtype {array.dtype}")
+    try:
+        return array.astype(np.float64)
+    except (ValueError, TypeError) as err:  # an object array holding None or text
+        raise TypeError(f"{name} must hold real numbers: {err}") from err
+
+
+def _spatial_tuple(spatial_shape: Sequence[int]) -> tuple[int, ...]:
+    """Return the axis lengths of ``spatial_shape`` as ints (ValueError naming it otherwise)."""
+    try:
+        sides = list(spatial_shape)
+    except TypeError:
+        sides = [None]
+    for side in sides:
+        if not _is_whole(side):
+            raise ValueError(f"spatial_shape must be a sequence of ints, got {spatial_shape!r}")
+    return tuple(int(s) for s in sides)
 
 
 def validate_scribbles(
@@ -105,10 +141,9 @@ def validate_scribbles(
         If the number of dimensions or the shape differs from ``spatial_shape``, a value is
         not a whole number, negative, or beyond the model's classes.
     """
-    spatial_shape = tuple(int(s) for s in spatial_shape)
-    if int(n_classes) != n_classes or n_classes < 1:
-        raise ValueError(f"n_classes must be an integer >= 1, got {n_classes!r}")
-    array = np.asarray(scribbles)
+    spatial_shape = _spatial_tuple(spatial_shape)
+    n_classes = _whole_number(n_classes, "n_classes", minimum=1)
+    array = _as_array(scribbles, name)
     if array.ndim != len(spatial_shape):
         raise ValueError(
             f"{name} must have {len(spatial_shape)} dimensions like the image's spatial shape "
@@ -157,7 +192,7 @@ def scribbled_classes(scribbles: ArrayLike) -> tuple[int, ...]:
 
 def _per_item_classes(classes: int | ArrayLike, n_items: int, what: str) -> np.ndarray:
     """Broadcast ``classes`` to one scribble value (>= 1) per point or box."""
-    values = np.asarray(classes)
+    values = _as_array(classes, "classes")
     if values.ndim == 0:
         values = np.full(n_items, values)
     if values.shape != (n_items,):
@@ -175,7 +210,7 @@ def _per_item_classes(classes: int | ArrayLike, n_items: int, what: str) -> np.n
 
 
 def _spatial_shape(spatial_shape: Sequence[int]) -> tuple[int, ...]:
-    shape = tuple(int(s) for s in spatial_shape)
+    shape = _spatial_tuple(spatial_shape)
     if len(shape) not in (2, 3) or min(shape) < 1:
         raise ValueError(f"spatial_shape must be (Y, X) or (Z, Y, X), got {shape}")
     return shape
@@ -225,7 +260,7 @@ def points_to_scribbles(
         class value is below 1.
     """
     shape = _spatial_shape(spatial_shape)
-    coordinates = np.asarray(points, dtype=np.float64)
+    coordinates = _real_array(points, "points")
     if coordinates.size == 0:
         coordinates = coordinates.reshape(0, len(shape))
     if coordinates.ndim != 2 or coordinates.shape[1] != len(shape):
@@ -235,8 +270,7 @@ def points_to_scribbles(
         )
     if not np.isfinite(coordinates).all():
         raise ValueError("points must have finite coordinates")
-    if int(radius) != radius or radius < 0:
-        raise ValueError(f"radius must be an integer >= 0, got {radius!r}")
+    radius = _whole_number(radius, "radius")
     values = _per_item_classes(classes, len(coordinates), "point")
     centres = _round(coordinates)
     outside = np.any((centres < 0) | (centres >= np.array(shape)), axis=1)
@@ -247,7 +281,9 @@ def points_to_scribbles(
             f"spatial shape {shape}"
         )
 
-    radius = int(radius)
+    # A disk wider than the image's diagonal paints what the diagonal does (disks are
+    # clipped): no (2 r + 1)**ndim offset grid for a huge radius.
+    radius = min(radius, math.ceil(math.hypot(*shape)))
     disk_axes = len(shape) if (len(shape) == 2 or not per_slice) else 2
     grid = np.indices((2 * radius + 1,) * disk_axes).reshape(disk_axes, -1).T - radius
     offsets = grid[(grid**2).sum(axis=1) <= radius**2]
@@ -263,7 +299,7 @@ def points_to_scribbles(
 
 def _box_bounds(box: ArrayLike, index: int, shape: tuple[int, ...]) -> tuple[np.ndarray, ...]:
     """Inclusive pixel bounds ``(low, high)`` of box ``index`` and its axes with extent."""
-    corners = np.asarray(box, dtype=np.float64)
+    corners = _real_array(box, f"boxes[{index}]")
     if corners.ndim != 2 or corners.shape[0] < 2 or corners.shape[1] != len(shape):
         raise ValueError(
             f"boxes[{index}] must be corner coordinates of shape (2, {len(shape)}) or "
@@ -341,11 +377,15 @@ def boxes_to_scribbles(
         partly outside are clipped), or a parameter is out of range.
     """
     shape = _spatial_shape(spatial_shape)
-    if int(ring) != ring or ring < 0:
-        raise ValueError(f"ring must be an integer >= 0, got {ring!r}")
-    if not 0 < core_fraction <= 1:
+    ring = min(_whole_number(ring, "ring"), max(shape))  # rings are clipped at the border
+    if not (_is_number(core_fraction) and 0 < core_fraction <= 1):
         raise ValueError(f"core_fraction must be in (0, 1], got {core_fraction!r}")
-    boxes = list(boxes)
+    try:
+        boxes = list(boxes)
+    except TypeError as err:
+        raise TypeError(
+            f"boxes must be a sequence of corner arrays, got {type(boxes).__name__}"
+        ) from err
     values = _per_item_classes(classes, len(boxes), "box")
     bounds = [_box_bounds(box, i, shape) for i, box in enumerate(boxes)]
 

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+import threading
 import time
 import warnings
-from collections.abc import Generator, Iterator
+import weakref
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 
 import numpy as np
@@ -27,6 +30,13 @@ from .devices import resolve_device
 from .edge_crf import mean_field
 from .history import DEFAULT_BUDGET_MB, Constraints, HeadHistory
 from .images import ImageInfo, validate_image
+from .memory import (
+    SESSION_BYTES_PER_PIXEL,
+    TooLargeError,
+    available_memory,
+    check_fits,
+    session_need,
+)
 from .models.base import SegmentationModel
 from .optimiser import Adam
 from .postprocess import instance_types, type_by_instance
@@ -63,6 +73,51 @@ def _torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+PROBE_ABOVE_PIXELS = 1024 * 1024
+"""Larger images (all slices together) are checked against the memory limit first."""
+
+_IN_PLACE: weakref.WeakKeyDictionary[torch.nn.Module, weakref.ref[RefineSession]] = (
+    weakref.WeakKeyDictionary()
+)
+"""Networks tuned in place (``copy_model=False``) and the open session tuning each."""
+_IN_PLACE_LOCK = threading.Lock()
+
+
+def _claim_in_place(model: SegmentationModel, session: RefineSession | None) -> None:
+    """Refuse a model another open session tunes in place; record ``session`` as its tuner.
+
+    With ``session=None`` only checks.
+    """
+    with _IN_PLACE_LOCK:
+        ref = _IN_PLACE.get(model.network)
+        owner = ref() if ref is not None else None
+        if owner is not None and owner is not session and not owner._closed:
+            raise ValueError(
+                f"model: {model.name!r} is already tuned in place (copy_model=False) by an "
+                f"open RefineSession on an image of shape {owner.image.shape}; two sessions "
+                "tuning one model in place would change each other's results. Pass "
+                "copy_model=True (the default) to give this session its own copy, or close "
+                "the other session first (session.close())."
+            )
+        if session is not None:
+            _IN_PLACE[model.network] = weakref.ref(session)
+
+
+def _release_in_place(model: SegmentationModel, session: RefineSession) -> None:
+    with _IN_PLACE_LOCK:
+        ref = _IN_PLACE.get(model.network)
+        if ref is not None and ref() is session:
+            del _IN_PLACE[model.network]
+
+
+def _out_of_memory(error: RuntimeError) -> bool:
+    """Whether torch's error is an allocation failure."""
+    text = str(error)
+    return isinstance(error, torch.OutOfMemoryError) or any(
+        s in text for s in ("can't allocate memory", "out of memory", "not enough memory")
+    )
+
+
 HEAD_CHUNK_PIXELS = 1 << 20
 """Pixels per piece when the head runs over the whole image (bounds memory)."""
 
@@ -92,10 +147,21 @@ class RefineSession:
     tile_halo : int, optional
         Context per tile; default: the adapter's ``trunk_halo`` (or 64).
     copy_model : bool
-        Work on a deep copy of ``model`` (default) rather than the object given.
+        Work on a deep copy of ``model`` (default) rather than the object given. A model
+        tuned in place belongs to one open session at a time: a second session with
+        ``copy_model=False`` on it is refused until the first is closed (:meth:`close`)
+        or deleted, since each would change the other's results.
     history_budget_mb : float
-        Memory for undo states (head snapshots and their scribbles, 1 byte per pixel each);
+        Memory for undo states (head snapshots and their scribbles: 1 byte per pixel for the
+        current state's, zlib-compressed for the others);
         beyond it the oldest are dropped with a warning (reset still works).
+    memory_limit_mb : float, optional
+        Memory the session may use; default: what the machine (or its container) has
+        available now. Images larger than 1024² are checked against it before the trunk
+        runs (``math.inf`` turns the check off).
+    progress : callable, optional
+        Called as ``progress(done, total)`` while the trunk runs over the image's tiles
+        (or batches of slices) when the session starts.
 
     Attributes
     ----------
@@ -114,7 +180,11 @@ class RefineSession:
     ------
     ValueError
         If the image is unusable (NaN/inf, constant, wrong number of dimensions), is colour
-        while the model takes greyscale, or the configured device is unknown or unavailable.
+        while the model takes greyscale, or the configured device is unknown or unavailable;
+        if ``copy_model=False`` and another open session tunes the same model in place.
+    TooLargeError
+        (a ``ValueError``) If the session would need more memory than ``memory_limit_mb``:
+        the message gives the estimate and the largest image that fits.
     """
 
     def __init__(
@@ -128,6 +198,8 @@ class RefineSession:
         tile_halo: int | None = None,
         copy_model: bool = True,
         history_budget_mb: float = DEFAULT_BUDGET_MB,
+        memory_limit_mb: float | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> None:
         self.config = config if config is not None else RefineConfig()
         self.image_info: ImageInfo = validate_image(image, rgb=rgb)
@@ -146,8 +218,6 @@ class RefineSession:
             )
             image = np.asarray(image)[..., :3]
             self.image_info = dataclasses.replace(self.image_info, n_channels=3)
-        self._image = np.array(image, copy=True)
-        self._image.setflags(write=False)
         self.device, self.device_reason = resolve_device(self.config.device)
         if tile_size < 16:
             raise ValueError(f"tile_size must be at least 16, got {tile_size}")
@@ -155,6 +225,9 @@ class RefineSession:
         default_halo = getattr(model, "trunk_halo", 64)
         self.tile_halo = int(tile_halo if tile_halo is not None else default_halo)
 
+        self._closed = False
+        if not copy_model:
+            _claim_in_place(model, None)  # refuse before changing a model another session tunes
         self.model = copy.deepcopy(model) if copy_model else model
         set_head_depth = getattr(self.model, "set_n_layers", None)
         if set_head_depth is not None:  # before the trunk runs: depth decides what is cached
@@ -166,13 +239,26 @@ class RefineSession:
 
         from .tiling import compute_features
 
-        self.features = compute_features(
-            self.model,
-            self._image,
-            is_3d=self.image_info.is_3d,
-            tile_size=self.tile_size,
-            halo=self.tile_halo,
-        )
+        self._check_memory(np.asarray(image), history_budget_mb, memory_limit_mb)
+        self._image = np.array(image, copy=True)
+        self._image.setflags(write=False)
+        try:
+            self.features = compute_features(
+                self.model,
+                self._image,
+                is_3d=self.image_info.is_3d,
+                tile_size=self.tile_size,
+                halo=self.tile_halo,
+                progress=progress,
+            )
+        except (MemoryError, RuntimeError) as err:
+            if isinstance(err, RuntimeError) and not _out_of_memory(err):
+                raise
+            raise TooLargeError(
+                f"image: the trunk ran out of memory on shape {np.shape(image)} "
+                f"({type(err).__name__}: {str(err).splitlines()[0][:200]}); crop the image "
+                "to the region to correct, or free memory"
+            ) from None
         self._history = HeadHistory(self.model, history_budget_mb)
         self._version = 0
         self._prediction: tuple[int, np.ndarray] | None = None
@@ -182,6 +268,74 @@ class RefineSession:
         self._accept: tuple[int, list[np.ndarray | None]] | None = None
         self._feature_stats: list[tuple[np.ndarray, np.ndarray]] = []
         self._final: tuple[int, dict[int, torch.Tensor]] = (-1, {})
+        if not copy_model:
+            _claim_in_place(self.model, self)
+
+    def _check_memory(
+        self, image: np.ndarray, history_budget_mb: float, memory_limit_mb: float | None
+    ) -> None:
+        """Refuse an image whose session would not fit in memory, before the trunk runs."""
+        info = self.image_info
+        n_slices = info.spatial_shape[0] if info.is_3d else 1
+        height, width = info.spatial_shape[-2:]
+        if height * width * n_slices <= PROBE_ABOVE_PIXELS:
+            return
+        if memory_limit_mb is None:
+            limit = available_memory()
+        elif memory_limit_mb == math.inf:
+            limit = None
+        else:
+            limit = int(memory_limit_mb * 2**20)
+        if limit is None:
+            return
+        from .tiling import compute_features
+
+        side = min(height, width, 128)
+        plane = image[0] if info.is_3d else image
+        probe = np.ascontiguousarray(plane[:side, :side])
+        feats = compute_features(self.model, probe, is_3d=False, tile_size=side)
+        per_pixel = sum(v.numel() * v.element_size() for v in feats.values()) / (side * side)
+        image_bytes = info.n_channels * (image.dtype.itemsize + 4)  # copy + normalised copy
+        n_pixels = height * width * n_slices
+        need = session_need(
+            n_pixels=n_pixels,
+            slice_pixels=height * width,
+            feature_bytes_per_pixel=per_pixel,
+            image_bytes_per_pixel=image_bytes,
+            history_bytes=int(history_budget_mb * 2**20),
+            crf=self._crf_applies(self.config),
+        )
+        check_fits(
+            need,
+            shape=tuple(image.shape),
+            spatial_shape=info.spatial_shape,
+            limit=limit,
+            per_pixel=per_pixel + image_bytes + SESSION_BYTES_PER_PIXEL,
+        )
+
+    def close(self) -> None:
+        """Free the cached features and give a model tuned in place back to other sessions.
+
+        The session cannot refine or predict afterwards; closing twice does nothing. A
+        ``with RefineSession(...) as session:`` block closes it at the end.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._run_token += 1  # a suspended refinement takes no further step
+        self.features = {}
+        self._final = (-1, {})
+        _release_in_place(self.model, self)
+
+    def __enter__(self) -> RefineSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError("session: this RefineSession is closed; start a new one")
 
     # ------------------------------------------------------------------ basics
     @property
@@ -300,6 +454,7 @@ class RefineSession:
             self._grow_range = robust_intensity_range(self._image, channel_axis=channel_axis)
         low, high = self._grow_range
         plane = self._image[index] if self.image_info.is_3d else self._image
+        plane = plane.astype(np.float64)  # float16/32 images near their limits overflow
         grey = plane.mean(-1) if self.image_info.is_rgb else plane
         return torch.from_numpy(((grey - low) / (high - low)).astype(np.float32))
 
@@ -467,6 +622,7 @@ class RefineSession:
     @property
     def prediction(self) -> np.ndarray:
         """The current class map (read-only; :meth:`predict` returns a writable copy)."""
+        self._check_open()
         if self._prediction is None or self._prediction[0] != self._version:
             class_map = self._compute_class_map()
             class_map.setflags(write=False)
@@ -486,6 +642,7 @@ class RefineSession:
         torch.Tensor
             [1, C, Y, X] on the CPU.
         """
+        self._check_open()
         return self._slice_logits(index)
 
     def instances(self) -> tuple[np.ndarray, dict[int, int]]:
@@ -553,6 +710,7 @@ class RefineSession:
         bool
             False when there was nothing to undo.
         """
+        self._check_open()
         done = self._history.undo()
         if done:
             self._changed()
@@ -566,6 +724,7 @@ class RefineSession:
         bool
             False when there was nothing to redo.
         """
+        self._check_open()
         done = self._history.redo()
         if done:
             self._changed()
@@ -579,6 +738,7 @@ class RefineSession:
         bool
             False when the head already is the pre-trained one.
         """
+        self._check_open()
         done = self._history.reset()
         if done:
             self._changed()
@@ -599,6 +759,7 @@ class RefineSession:
         int
             Index of the new class (scribble it with value ``index + 1``).
         """
+        self._check_open()
         self._history.freeze()
         old_anchor = self._history.anchor
         self.model.add_class(name, init_from)
@@ -700,6 +861,7 @@ class RefineSession:
         UserWarning
             When nothing is scribbled (the refinement is then a no-op).
         """
+        self._check_open()
         cfg = config if config is not None else self.config
         used, grown = self.prepare_scribbles(scribbles, cfg)
         self._run_token += 1

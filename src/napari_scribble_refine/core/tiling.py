@@ -65,6 +65,7 @@ def compute_features(
     is_3d: bool,
     tile_size: int = 1024,
     halo: int = 64,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Features:
     """Run the frozen trunk over a whole image or stack, tile by tile when it is large.
 
@@ -80,6 +81,8 @@ def compute_features(
         Largest tile side; images with a longer side are processed in tiles.
     halo : int
         Context added around each tile (rounded up to the model's ``size_multiple``).
+    progress : callable, optional
+        Called as ``progress(done, total)`` after each piece (a tile or a batch of slices).
 
     Returns
     -------
@@ -93,30 +96,50 @@ def compute_features(
     tile = max(multiple, _aligned(tile_size, multiple, up=False))
     halo = _aligned(max(0, halo), multiple, up=True)
 
+    report = progress if progress is not None else (lambda done, total: None)
     with torch.inference_mode():
         if height <= tile and width <= tile:
             per_batch = max(1, (tile * tile) // (height * width))
             parts: list[Features] = []
-            for start in range(0, len(slices), per_batch):
+            starts = range(0, len(slices), per_batch)
+            for done, start in enumerate(starts, start=1):
                 chunk = slices[start : start + per_batch]
                 if many is not None and len(chunk) > 1:
                     parts.append(many(chunk))
                 else:
                     parts.extend(single(img) for img in chunk)
+                report(done, len(starts))
             if len(parts) == 1:
                 return parts[0]
             return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-        tiled = [_tiled_features(single, img, tile=tile, halo=halo) for img in slices]
+        n_tiles = len(tile_ranges(height, tile)) * len(tile_ranges(width, tile))
+        total = n_tiles * len(slices)
+        tiled = [
+            _tiled_features(
+                single,
+                img,
+                tile=tile,
+                halo=halo,
+                progress=lambda done, z=z: report(z * n_tiles + done, total),
+            )
+            for z, img in enumerate(slices)
+        ]
         if len(tiled) == 1:
             return tiled[0]
         return {k: torch.cat([t[k] for t in tiled]) for k in tiled[0]}
 
 
 def _tiled_features(
-    single: Callable[[np.ndarray], Features], image: np.ndarray, *, tile: int, halo: int
+    single: Callable[[np.ndarray], Features],
+    image: np.ndarray,
+    *,
+    tile: int,
+    halo: int,
+    progress: Callable[[int], None],
 ) -> Features:
     height, width = image.shape[:2]
     out: Features = {}
+    done = 0
     for y0, y1 in tile_ranges(height, tile):
         for x0, x1 in tile_ranges(width, tile):
             ya, yb = max(0, y0 - halo), min(height, y1 + halo)
@@ -134,6 +157,8 @@ def _tiled_features(
                         memory_format=torch.channels_last if nhwc else torch.contiguous_format,
                     )
                 out[key][..., y0:y1, x0:x1] = value[..., y0 - ya : y1 - ya, x0 - xa : x1 - xa]
+            done += 1
+            progress(done)
     return out
 
 

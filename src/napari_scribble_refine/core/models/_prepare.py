@@ -49,10 +49,17 @@ def working_float(image: np.ndarray) -> np.ndarray:
     """Return the image in the float type its scaling uses: float64 stays, else float32.
 
     Values such as 1e300 or 1e-300 would overflow or flush to zero in float32 and leave a
-    blank image, so float64 images are scaled in float64 and cast afterwards.
+    blank image, so float64 images are scaled in float64 and cast afterwards. So are float32
+    images whose values span more than float32 holds (such as -3e38 and 3e38): their
+    differences would overflow to inf and the scaled image would be NaN.
     """
     data = np.asarray(image)
-    return data.astype(np.float64 if data.dtype == np.float64 else np.float32, copy=False)
+    wide = data.dtype == np.float64 or (
+        data.dtype == np.float32
+        and data.size > 0
+        and float(data.max()) - float(data.min()) > float(np.finfo(np.float32).max)
+    )
+    return data.astype(np.float64 if wide else np.float32, copy=False)
 
 
 def normalise_array(image: np.ndarray, normalise: Normaliser) -> np.ndarray:

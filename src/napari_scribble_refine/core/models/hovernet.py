@@ -14,8 +14,10 @@ The same code builds the small CPU models shipped with this plugin: a
 from __future__ import annotations
 
 import json
+import math
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, fields
+from numbers import Integral, Real
 from typing import Any
 
 import torch
@@ -100,7 +102,9 @@ class HoVerNetConfig:
     def __post_init__(self) -> None:
         for name in ("block_mid", "block_out", "block_units", "decoder_channels", "dense_units"):
             object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
-        problems = []
+        problems = _type_problems(self)
+        if problems:  # wrong types (a damaged file's metadata): range checks would not apply
+            raise ValueError("Invalid HoVerNetConfig: " + "; ".join(problems))
         if self.mode not in _MODES:
             problems.append(f"mode must be one of {_MODES}, got {self.mode!r}")
         if self.padding not in _PADDINGS:
@@ -120,6 +124,29 @@ class HoVerNetConfig:
             )
         if len(self.dense_units) != 2:
             problems.append(f"dense_units needs 2 values (u3, u2), got {self.dense_units}")
+        for name in (
+            "stem_channels",
+            "stem_kernel",
+            "dense_bottleneck",
+            "dense_growth",
+            "dense_groups",
+        ):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        for name in ("block_mid", "block_out", "decoder_channels"):
+            if any(v < 1 for v in getattr(self, name)):
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("block_units", "dense_units"):
+            if any(v < 0 for v in getattr(self, name)):
+                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        try:
+            object.__setattr__(self, "input_scale", float(self.input_scale))
+        except OverflowError:  # an int too large for a float (or for torch to divide by)
+            object.__setattr__(self, "input_scale", math.inf)
+        if not (math.isfinite(self.input_scale) and self.input_scale > 0):
+            problems.append(f"input_scale must be a finite number > 0, got {self.input_scale!r}")
+        if problems:
+            raise ValueError("Invalid HoVerNetConfig: " + "; ".join(problems))
         if self.dense_bottleneck % self.dense_groups or self.dense_growth % self.dense_groups:
             problems.append("dense_bottleneck and dense_growth must be multiples of dense_groups")
         if self.kernel_size is not None and (self.kernel_size < 1 or self.kernel_size % 2 == 0):
@@ -341,6 +368,26 @@ class HoVerNetConfig:
                 f"Unknown HoVerNetConfig field(s) {sorted(unknown)}; valid: {sorted(names)}"
             )
         return cls(**values)
+
+
+def _type_problems(config: HoVerNetConfig) -> list[str]:
+    """Describe the fields of ``config`` whose type is wrong (as read from a file)."""
+    problems = []
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if f.name in ("mode", "padding"):
+            ok = isinstance(value, str)
+        elif f.name == "input_scale":
+            ok = isinstance(value, Real) and not isinstance(value, bool)
+        elif f.name in ("nr_types", "kernel_size"):
+            ok = value is None or (isinstance(value, Integral) and not isinstance(value, bool))
+        else:  # ints, and the tuples of ints made above
+            ok = isinstance(value, tuple) or (
+                isinstance(value, Integral) and not isinstance(value, bool)
+            )
+        if not ok:
+            problems.append(f"{f.name} has the wrong type: {value!r}")
+    return problems
 
 
 class TFSamePad2d(nn.Module):

@@ -35,6 +35,7 @@ import dataclasses
 import functools
 import math
 from collections.abc import Mapping, Sequence
+from numbers import Real
 from typing import Any
 
 import numpy as np
@@ -95,7 +96,7 @@ def default_class_names(network: HoVerNet) -> list[str]:
 
 def _check_normalisation(normalisation: Mapping[str, Any] | None) -> dict[str, Any]:
     norm = dict(normalisation or {"kind": "none"})
-    kind = norm.get("kind", "none")
+    kind = norm.setdefault("kind", "none")
     if kind not in _NORMALISATION_KINDS:
         raise ValueError(
             f"unknown normalisation kind {kind!r}; expected one of {_NORMALISATION_KINDS}"
@@ -103,6 +104,13 @@ def _check_normalisation(normalisation: Mapping[str, Any] | None) -> dict[str, A
     if kind == "percentile":
         norm.setdefault("low", PERCENTILES[0])
         norm.setdefault("high", PERCENTILES[1])
+        low, high = norm["low"], norm["high"]
+        numbers = all(isinstance(v, Real) and not isinstance(v, bool) for v in (low, high))
+        if not (numbers and 0 <= low < high <= 100):
+            raise ValueError(
+                "percentile normalisation needs 0 <= low < high <= 100, got "
+                f"low={low!r}, high={high!r}"
+            )
     return norm
 
 

@@ -178,6 +178,15 @@ def infer_hovernet_config(state_dict: Mapping[str, torch.Tensor]) -> HoVerNetCon
     return HoVerNetConfig.official(mode, nr_types)
 
 
+def _number_kind(dtype: torch.dtype) -> str:
+    """``"complex"``, ``"float"``, ``"bool"`` or ``"int"``: what a tensor's numbers are."""
+    if dtype.is_complex:
+        return "complex"
+    if dtype.is_floating_point:
+        return "float"
+    return "bool" if dtype == torch.bool else "int"
+
+
 def _check_against(
     state_dict: dict[str, torch.Tensor], model: HoVerNet, config: HoVerNetConfig, path: Path
 ) -> None:
@@ -189,6 +198,13 @@ def _check_against(
         f"{k} {list(state_dict[k].shape)} (model: {list(v.shape)})"
         for k, v in expected.items()
         if k in state_dict and state_dict[k].shape != v.shape
+    ]
+    # Weights stored as integers, booleans or complex numbers would be cast silently (a
+    # damaged header's dtype reinterprets the bytes): the kind of number must match.
+    mistyped = [
+        f"{k} {state_dict[k].dtype} (model: {v.dtype})"
+        for k, v in expected.items()
+        if k in state_dict and _number_kind(state_dict[k].dtype) != _number_kind(v.dtype)
     ]
     problems = []
     unpool = state_dict.get("upsample2x.unpool_mat")
@@ -207,6 +223,8 @@ def _check_against(
         problems.append(_listing(unexpected, "unexpected keys"))
     if mismatched:
         problems.append(_listing(mismatched, "shape mismatches"))
+    if mistyped:
+        problems.append(_listing(mistyped, "dtype mismatches"))
     if problems:
         raise ValueError(
             f"{path}: the weights do not fit HoVer-Net ({_describe(config.mode, config.nr_types)}"
@@ -300,8 +318,9 @@ def load_hovernet_checkpoint(
         inferred.mode if mode == INFER else mode,
         inferred.nr_types if nr_types == INFER else nr_types,  # type: ignore[arg-type]
     )
-    model = HoVerNet(config)
-    counters = [k for k in model.state_dict() if k.endswith(_COUNTER)]
+    with torch.device("meta"):  # check the weights on a skeleton before allocating a network
+        skeleton = HoVerNet(config)
+    counters = [k for k in skeleton.state_dict() if k.endswith(_COUNTER)]
     present = [k for k in counters if k in state]
     # counters of BN layers whose weights are missing too are reported as missing keys below
     absent = [k for k in counters if k not in state and k[: -len(_COUNTER)] + "weight" in state]
@@ -314,7 +333,8 @@ def load_hovernet_checkpoint(
     if not present:
         for k in counters:
             state[k] = torch.tensor(0, dtype=torch.int64)
-    _check_against(state, model, config, path)
+    _check_against(state, skeleton, config, path)
+    model = HoVerNet(config)
     model.load_state_dict(state, strict=True)
     model.eval()
     notes["mode"] = config.mode
@@ -437,6 +457,14 @@ def load_hovernet_safetensors(path: str | Path) -> LoadedHoVerNet:
         normalisation = dict(json.loads(header.get("normalisation", '{"kind": "none"}')))
     except (KeyError, json.JSONDecodeError, TypeError, ValueError) as err:
         raise ValueError(f"{path}: broken metadata: {err}") from err
+    # Every residual or dense unit has weights: a config claiming more units than the file
+    # has tensors is refused before building even the skeleton (millions of modules).
+    units = sum(config.block_units) + sum(config.dense_units) * len(config.branches)
+    if units > len(tensors):
+        raise ValueError(
+            f"{path}: the weights do not fit HoVer-Net: the metadata's config has {units} "
+            f"residual and dense units, but the file holds only {len(tensors)} tensors"
+        )
     # Shapes first, on the meta device (no memory): the header's config is only a claim, and
     # a tiny file claiming wide layers must not make us allocate them.
     with torch.device("meta"):

@@ -30,7 +30,7 @@ from ._prepare import (
 )
 from .base import Features, SegmentationModel
 
-__all__ = ["TorchModuleModel"]
+__all__ = ["Captured", "TorchModuleModel", "is_pointwise", "module_halo"]
 
 _POINTWISE_TYPES: tuple[type[nn.Module], ...] = (
     nn.Identity,
@@ -58,7 +58,7 @@ _POINTWISE_TYPES: tuple[type[nn.Module], ...] = (
 _PROBE_SIDE = 64
 
 
-class _Captured(Exception):
+class Captured(Exception):
     """Raised by the capture hook to stop a forward once the trunk feature is known."""
 
     def __init__(self, tensor: torch.Tensor) -> None:
@@ -95,12 +95,13 @@ def _leaf_is_pointwise(module: nn.Module) -> bool:
     return isinstance(module, _POINTWISE_TYPES)
 
 
-def _is_pointwise(module: nn.Module) -> bool:
+def is_pointwise(module: nn.Module) -> bool:
+    """Whether every leaf of ``module`` acts on each pixel alone (no spatial context)."""
     leaves = [m for m in module.modules() if _is_leaf(m)]
     return all(_leaf_is_pointwise(m) for m in leaves)
 
 
-def _halo(module: nn.Module) -> int:
+def module_halo(module: nn.Module) -> int:
     """Receptive-field radius of a module's leaves, in input pixels (an upper bound)."""
     total = 0
     for leaf in module.modules():
@@ -369,8 +370,8 @@ class TorchModuleModel(SegmentationModel):
         self._seq = [c.module for c in seq_calls]
         self._capture = (first.module, first.call_index)
         self.trunk_is_cached = True
-        self.head_is_pointwise = all(_is_pointwise(m) for m in self._seq)
-        self.head_halo = 0 if self.head_is_pointwise else sum(_halo(m) for m in self._seq)
+        self.head_is_pointwise = all(is_pointwise(m) for m in self._seq)
+        self.head_halo = 0 if self.head_is_pointwise else sum(module_halo(m) for m in self._seq)
 
     # ------------------------------------------------------------------ protocol
     @property
@@ -417,13 +418,13 @@ class TorchModuleModel(SegmentationModel):
 
         def hook(mod: nn.Module, args: tuple) -> None:
             if seen["n"] == call_index:
-                raise _Captured(args[0])
+                raise Captured(args[0])
             seen["n"] += 1
 
         handle = target.register_forward_pre_hook(hook)
         try:
             self._net(x)
-        except _Captured as captured:
+        except Captured as captured:
             return captured.tensor
         finally:
             handle.remove()

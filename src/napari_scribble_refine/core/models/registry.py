@@ -127,7 +127,7 @@ def is_torchscript(path: str | os.PathLike) -> bool:
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
-    except (zipfile.BadZipFile, OSError):
+    except Exception:  # noqa: BLE001 - zipfile raises assorted types for damaged files
         return False
     return any("/code/" in n or n.startswith("code/") for n in names) and any(
         n.endswith("constants.pkl") for n in names
@@ -173,6 +173,13 @@ def load_model(
             )
         with as_file(resource) as path:
             return _load_safetensors(path, name=text, **kwargs)
+    # --- bioimage.io packages: a folder, a .zip or an rdf .yaml (see bioimageio.py) ---
+    from .bioimageio import BioImageIOModel
+    from .bioimageio_package import is_bioimageio_source
+
+    if is_bioimageio_source(text):
+        return BioImageIOModel(text, allow_code=allow_code, **kwargs)
+    # --- end bioimage.io ---
     if not _looks_like_path(text):
         raise ValueError(_unknown_message(text))
     path = Path(text).expanduser()
@@ -216,7 +223,7 @@ def _load_safetensors(path: Path, name: str, **kwargs: Any) -> SegmentationModel
             f"HoVer-Net .safetensors file ({type(err).__name__}: {err})"
         ) from err
     kwargs.setdefault("name", name)
-    return HoVerNetModel(loaded, **kwargs)
+    return _adapter(HoVerNetModel, loaded, name, kwargs)
 
 
 def _load_checkpoint(path: Path, **kwargs: Any) -> SegmentationModel:
@@ -235,4 +242,14 @@ def _load_checkpoint(path: Path, **kwargs: Any) -> SegmentationModel:
             f"({type(err).__name__}: {err})"
         ) from err
     kwargs.setdefault("name", path.name)
-    return HoVerNetModel(loaded, **kwargs)
+    return _adapter(HoVerNetModel, loaded, path.name, kwargs)
+
+
+def _adapter(cls: type, loaded: Any, name: str, kwargs: dict[str, Any]) -> SegmentationModel:
+    """Wrap a loaded network; a ValueError (e.g. the file's normalisation) names the file."""
+    try:
+        return cls(loaded, **kwargs)
+    except ValueError as err:
+        if name in str(err):
+            raise
+        raise ValueError(f"Cannot load model {name!r}: {err}") from err

@@ -30,7 +30,15 @@ from ._prepare import (
 )
 from .base import Features, HeadState, SegmentationModel
 
-__all__ = ["TorchScriptModel"]
+__all__ = [
+    "ParameterView",
+    "PrefixedHead",
+    "TorchScriptModel",
+    "check_prefixes",
+    "owner_of",
+    "prefixed_parameters",
+    "restore_parameters",
+]
 
 _PROBE_SIDE = 64
 
@@ -40,7 +48,7 @@ def _matches(name: str, prefix: str) -> bool:
     return name == prefix or name.startswith(prefix + ".")
 
 
-def _owner(root: nn.Module, dotted: str) -> tuple[nn.Module, str]:
+def owner_of(root: nn.Module, dotted: str) -> tuple[nn.Module, str]:
     """Find the module holding attribute ``dotted``; return it and the attribute name."""
     *path, attr = dotted.split(".")
     owner = root
@@ -60,7 +68,46 @@ def _prefixes(param_names: Sequence[str]) -> list[str]:
     return seen
 
 
-class _ParameterView(nn.Module):
+def check_prefixes(head: str | Sequence[str], names: Sequence[str], label: str) -> list[str]:
+    """Return the head's parameter-name prefix(es) as a list; each must match a name."""
+    prefixes = [head] if isinstance(head, str) else list(head)
+    if not prefixes:
+        raise ValueError("head must give at least one parameter-name prefix")
+    unmatched = [p for p in prefixes if not any(_matches(n, p) for n in names)]
+    if unmatched:
+        raise ValueError(
+            f"head prefix(es) {unmatched} match no parameter of {label}; available "
+            f"prefixes: {format_names(_prefixes(names))}"
+        )
+    return prefixes
+
+
+def prefixed_parameters(root: nn.Module, prefixes: Sequence[str]) -> list[tuple[str, nn.Parameter]]:
+    """Return the ``(name, parameter)`` pairs of ``root`` under one of ``prefixes``."""
+    return [
+        (n, p)
+        for n, p in root.named_parameters()
+        if any(_matches(n, prefix) for prefix in prefixes)
+    ]
+
+
+def restore_parameters(root: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Copy snapshot tensors into ``root``'s parameters; replace those whose shape differs."""
+    for full_name, value in weights.items():
+        owner, attr = owner_of(root, full_name)
+        current = getattr(owner, attr)
+        if current.shape != value.shape:
+            setattr(
+                owner,
+                attr,
+                nn.Parameter(value.clone().to(current.device), requires_grad=False),
+            )
+        else:
+            with torch.no_grad():
+                current.copy_(value)
+
+
+class ParameterView(nn.Module):
     """Lists given tensors as parameters (ScriptModules hand out plain tensors)."""
 
     def __init__(self, items: list[tuple[str, torch.Tensor]]) -> None:
@@ -80,16 +127,67 @@ class _ParameterView(nn.Module):
             yield p
 
 
-class TorchScriptModel(SegmentationModel):
+class PrefixedHead:
+    """The head protocol of adapters whose head is named by parameter-name prefixes.
+
+    The adapter sets ``_prefixes`` and ``class_names`` and gives ``_head_root``, the module
+    the prefixes are relative to.
+    """
+
+    _prefixes: list[str]
+    class_names: list[str]
+
+    @property
+    def _head_root(self) -> nn.Module:
+        raise NotImplementedError
+
+    def _head_named_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return prefixed_parameters(self._head_root, self._prefixes)
+
+    @property
+    def head_names(self) -> list[str]:
+        """Full names of the tuned parameters."""
+        return [n for n, _ in self._head_named_parameters()]
+
+    @property
+    def head_module(self) -> nn.Module:
+        """A view of the head's parameters (the network's own tensors, not copies)."""
+        return ParameterView(self._head_named_parameters())
+
+    def head_state(self) -> HeadState:
+        """Snapshot of the head's parameters and the class names.
+
+        Returns
+        -------
+        HeadState
+            Detached copies keyed by full parameter name.
+        """
+        weights = {n: p.detach().clone() for n, p in self._head_named_parameters()}
+        return {"weights": weights, "class_names": list(self.class_names)}
+
+    def load_head_state(self, state: HeadState) -> None:
+        """Restore a snapshot exactly (shapes changed by ``add_class`` included).
+
+        Parameters
+        ----------
+        state : HeadState
+            A snapshot from :meth:`head_state`.
+        """
+        restore_parameters(self._head_root, state["weights"])
+        self.class_names = list(state["class_names"])
+
+
+class TorchScriptModel(PrefixedHead, SegmentationModel):
     """A TorchScript segmentation network loaded from a file.
 
     Parameters
     ----------
     path : str or os.PathLike
         A file written by ``torch.jit.save``.
-    head : str or sequence of str
+    head : str or sequence of str, optional
         Parameter-name prefix(es) of the head, e.g. ``"decoder.final"`` matches
-        ``decoder.final.weight`` and ``decoder.final.bias``.
+        ``decoder.final.weight`` and ``decoder.final.bias``. Default: the module that owns
+        the network's last parameter (usually its final convolution), named in a warning.
     class_names : sequence of str, optional
         Output classes, background first. Default: ``"background"``, ``"class 1"``, ... for
         as many channels as the network outputs.
@@ -105,7 +203,8 @@ class TorchScriptModel(SegmentationModel):
     Warns
     -----
     UserWarning
-        Always: TorchScript files can execute code.
+        Always: TorchScript files can execute code. Also when ``head`` is not given, naming
+        the layer chosen.
 
     Raises
     ------
@@ -123,7 +222,7 @@ class TorchScriptModel(SegmentationModel):
     def __init__(
         self,
         path: str | os.PathLike,
-        head: str | Sequence[str],
+        head: str | Sequence[str] | None = None,
         *,
         class_names: Sequence[str] | None = None,
         in_channels: int = 1,
@@ -173,17 +272,19 @@ class TorchScriptModel(SegmentationModel):
                     f"names were given ({self.class_names})"
                 )
 
-        prefixes = [head] if isinstance(head, str) else list(head)
-        if not prefixes:
-            raise ValueError("head must give at least one parameter-name prefix")
         names = [n for n, _ in self._net.named_parameters()]
-        unmatched = [p for p in prefixes if not any(_matches(n, p) for n in names)]
-        if unmatched:
-            raise ValueError(
-                f"head prefix(es) {unmatched} match no parameter of {self.name}; available "
-                f"prefixes: {format_names(_prefixes(names))}"
+        if head is None:
+            if not names:
+                raise ValueError(f"{self.name} has no parameters to tune")
+            head = names[-1].rpartition(".")[0] or names[-1]
+            warnings.warn(
+                f"{self.name}: no head given; tuning {head!r} (the layer that owns the "
+                f"network's last parameter). Choose another with head=; prefixes: "
+                f"{format_names(_prefixes(names))}",
+                UserWarning,
+                stacklevel=2,
             )
-        self._prefixes = prefixes
+        self._prefixes = check_prefixes(head, names, self.name)
 
     # ------------------------------------------------------------------ set-up
     def _probe(self) -> int:
@@ -217,55 +318,9 @@ class TorchScriptModel(SegmentationModel):
         """The loaded ``ScriptModule``."""
         return self._net
 
-    def _head_named_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        return [
-            (n, p)
-            for n, p in self._net.named_parameters()
-            if any(_matches(n, prefix) for prefix in self._prefixes)
-        ]
-
     @property
-    def head_names(self) -> list[str]:
-        """Full names of the tuned parameters."""
-        return [n for n, _ in self._head_named_parameters()]
-
-    @property
-    def head_module(self) -> nn.Module:
-        """A view of the head's parameters (the network's own tensors, not copies)."""
-        return _ParameterView(self._head_named_parameters())
-
-    def head_state(self) -> HeadState:
-        """Snapshot of the head's parameters and the class names.
-
-        Returns
-        -------
-        HeadState
-            Detached copies keyed by full parameter name.
-        """
-        weights = {n: p.detach().clone() for n, p in self._head_named_parameters()}
-        return {"weights": weights, "class_names": list(self.class_names)}
-
-    def load_head_state(self, state: HeadState) -> None:
-        """Restore a snapshot exactly (shapes changed by ``add_class`` included).
-
-        Parameters
-        ----------
-        state : HeadState
-            A snapshot from :meth:`head_state`.
-        """
-        for full_name, value in state["weights"].items():
-            owner, attr = _owner(self._net, full_name)
-            current = getattr(owner, attr)
-            if current.shape != value.shape:
-                setattr(
-                    owner,
-                    attr,
-                    nn.Parameter(value.clone().to(current.device), requires_grad=False),
-                )
-            else:
-                with torch.no_grad():
-                    current.copy_(value)
-        self.class_names = list(state["class_names"])
+    def _head_root(self) -> nn.Module:
+        return self._net
 
     def normalise_image(self, image: np.ndarray) -> np.ndarray:
         """Scale a whole image or stack to the network's input range.
@@ -369,7 +424,7 @@ class TorchScriptModel(SegmentationModel):
         with torch.no_grad():
             for pname in (weight_name, bias_name):
                 try:
-                    owner, attr = _owner(self._net, pname)
+                    owner, attr = owner_of(self._net, pname)
                     current = getattr(owner, attr)
                 except AttributeError:
                     continue
