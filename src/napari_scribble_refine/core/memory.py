@@ -8,8 +8,11 @@ anything large is allocated and refuses with the figures and the largest image t
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -214,3 +217,25 @@ def check_fits(
         f"maps {_gb(need.working)}, undo history {_gb(need.history)}, other "
         f"{_gb(need.fixed)}) but {_gb(limit)} is available. {fits}"
     )
+
+
+def _glibc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):  # not Linux with glibc
+        return None
+
+
+_TRIM = _glibc_trim() if sys.platform.startswith("linux") else None
+
+
+def release_free_memory() -> None:
+    """Give the heap's freed pages back to the system (glibc's ``malloc_trim``; else nothing).
+
+    glibc keeps memory freed by numpy and torch for reuse, so a long session's resident
+    size climbs though its live memory does not (the soak benchmark: 271 MB over 1,000
+    refinements, 23 MB of it live).
+    """
+    if _TRIM is not None:
+        _TRIM(0)

@@ -35,6 +35,7 @@ from .memory import (
     TooLargeError,
     available_memory,
     check_fits,
+    release_free_memory,
     session_need,
 )
 from .models.base import SegmentationModel
@@ -1011,6 +1012,7 @@ class RefineSession:
                 self._history.push("refine", constraints=constraints)
                 self._version += 1
         prediction = self.predict()
+        release_free_memory()  # else the process keeps what numpy and torch freed
         elapsed = time.perf_counter() - start
         yield RefineStep(steps, loss, violations, n_scribbled, prediction, True, elapsed)
         shown = " (shown as scribbled)" if constraints.pinned and violations else ""
