@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -169,3 +169,31 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
         return x
     mode = "reflect" if ph < h and pw < w else "replicate"
     return F.pad(x, (0, pw, 0, ph), mode=mode)
+
+
+def input_batch(
+    images: Sequence[np.ndarray],
+    normalise: Callable[[np.ndarray], np.ndarray] | None,
+    in_channels: int,
+    device: torch.device,
+) -> torch.Tensor:
+    """Stack 2D images of one size into an input batch [B, in_channels, Y, X].
+
+    Parameters
+    ----------
+    images : sequence of numpy.ndarray
+        (Y, X) or (Y, X, C) images of equal shape.
+    normalise : callable or None
+        The adapter's ``normalise_image``; None when the images are normalised already.
+    in_channels : int
+        Channels the network takes.
+    device : torch.device
+        Where the batch goes.
+
+    Returns
+    -------
+    torch.Tensor
+        The batch (float32).
+    """
+    scaled = images if normalise is None else [normalise(img) for img in images]
+    return torch.cat([to_input_tensor(img, in_channels, device) for img in scaled])

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ._grow import check_new_class, format_names
-from ._prepare import to_input_tensor
+from ._prepare import input_batch
 from .base import Features, SegmentationModel
 from .bioimageio_layout import (
     Layout,
@@ -469,11 +469,8 @@ class BioImageIOModel(PrefixedHead, SegmentationModel):
         Features
             ``{"input": [B, C, Y, X]}``.
         """
-        tensors = []
-        for img in images:
-            scaled = img if normalised else self.normalise_image(img)
-            tensors.append(to_input_tensor(scaled, self.in_channels, self.device))
-        x = torch.cat(tensors)
+        normalise = None if normalised else self.normalise_image
+        x = input_batch(images, normalise, self.in_channels, self.device)
         if not self.trunk_is_cached:
             return {"input": x}
         h, w = x.shape[-2:]

@@ -24,9 +24,9 @@ from ._grow import check_new_class, format_names, grow_output_layer
 from ._prepare import (
     Normaliser,
     check_normaliser,
+    input_batch,
     normalise_array,
     pad_to_multiple,
-    to_input_tensor,
 )
 from .base import Features, SegmentationModel
 
@@ -405,11 +405,8 @@ class TorchModuleModel(SegmentationModel):
         return normalise_array(np.asarray(image), self.normalise)
 
     def _input(self, images: Sequence[np.ndarray], normalised: bool) -> torch.Tensor:
-        tensors = []
-        for img in images:
-            scaled = img if normalised else self.normalise_image(img)
-            tensors.append(to_input_tensor(scaled, self.in_channels, self.device))
-        return torch.cat(tensors).to(self._dtype)
+        normalise = None if normalised else self.normalise_image
+        return input_batch(images, normalise, self.in_channels, self.device).to(self._dtype)
 
     def _trunk(self, x: torch.Tensor) -> torch.Tensor:
         assert self._capture is not None

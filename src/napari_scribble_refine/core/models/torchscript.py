@@ -24,9 +24,9 @@ from ._grow import check_new_class, format_names
 from ._prepare import (
     Normaliser,
     check_normaliser,
+    input_batch,
     normalise_array,
     pad_to_multiple,
-    to_input_tensor,
 )
 from .base import Features, HeadState, SegmentationModel
 
@@ -369,11 +369,8 @@ class TorchScriptModel(PrefixedHead, SegmentationModel):
         Features
             ``{"input": [B, C, Y, X]}``.
         """
-        tensors = []
-        for img in images:
-            scaled = img if normalised else self.normalise_image(img)
-            tensors.append(to_input_tensor(scaled, self.in_channels, self.device))
-        return {"input": torch.cat(tensors)}
+        normalise = None if normalised else self.normalise_image
+        return {"input": input_batch(images, normalise, self.in_channels, self.device)}
 
     def head(self, features: Features) -> torch.Tensor:
         """Full forward on prepared input; gradients reach the head parameters only.
