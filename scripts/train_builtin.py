@@ -321,7 +321,7 @@ def make_optimiser(
         if step < warmup:
             return (step + 1) / warmup
         frac = (step - warmup) / max(1, steps - warmup)
-        return 0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * frac))
+        return float(0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * frac)))
 
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
 

@@ -366,7 +366,7 @@ def train(args: argparse.Namespace) -> None:
     state_path = scratch / f"{args.model}-last.pt"
     start, history, best, train_s = 0, [], None, 0.0
     if state_path.is_file():
-        state = torch.load(state_path, weights_only=False, map_location=device)
+        state = torch.load(state_path, weights_only=True, map_location=device)
         net.load_state_dict(state["net"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
@@ -408,8 +408,10 @@ def train(args: argparse.Namespace) -> None:
             torch.save(
                 {
                     "net": net.state_dict(), "opt": opt.state_dict(),
-                    "sched": sched.state_dict(), "step": done, "history": history,
-                    "best": best, "train_s": time.perf_counter() - t0,
+                    "sched": sched.state_dict(), "step": done,
+                    # plain floats, so that a resume reads it with weights_only=True
+                    "history": json.loads(json.dumps(history)),
+                    "best": json.loads(json.dumps(best)), "train_s": time.perf_counter() - t0,
                 },
                 state_path,
             )  # fmt: skip

@@ -30,6 +30,7 @@ from .core.metrics import dice, per_class_dice
 from .core.models.base import SegmentationModel
 from .core.models.bioimageio_package import is_bioimageio_source
 from .core.models.registry import default_model, is_torchscript
+from .core.models.saving import check_target, saved_settings
 from .core.robot import RobotUser
 from .core.synthetic import synthetic_fluorescence, synthetic_he
 
@@ -217,9 +218,10 @@ def _model_for(args: argparse.Namespace, image: np.ndarray) -> SegmentationModel
     if args.class_names:
         kwargs["class_names"] = [c.strip() for c in args.class_names.split(",")]
     if args.allow_code and is_torchscript(name):
+        saved = saved_settings(name)  # a model saved by --save-model knows its settings
         kwargs["head"] = args.head
-        kwargs["in_channels"] = args.in_channels or (3 if is_rgb else 1)
-        kwargs["size_multiple"] = args.size_multiple
+        kwargs["in_channels"] = args.in_channels or saved.get("in_channels", 3 if is_rgb else 1)
+        kwargs["size_multiple"] = args.size_multiple or saved.get("size_multiple", 1)
     elif args.allow_code and is_bioimageio_source(name):  # the package gives its channels
         kwargs["head"] = args.head
         if args.in_channels:
@@ -230,7 +232,9 @@ def _model_for(args: argparse.Namespace, image: np.ndarray) -> SegmentationModel
             "bioimage.io packages only (with --allow-code); the built-in and HoVer-Net models "
             "know their own"
         )
-    return load_model(name, allow_code=args.allow_code, **kwargs)
+    model = load_model(name, allow_code=args.allow_code, **kwargs)
+    print(model.description)
+    return model
 
 
 def _session(
@@ -279,12 +283,20 @@ def _refine(args: argparse.Namespace, progress: _Progress) -> None:
         device=args.device,
     )
     session = _session(args, image, config, progress)
+    if args.save_model:  # refuse before the work, not after it
+        try:
+            check_target(session.model, args.save_model, overwrite=True)
+        except ValueError as err:
+            raise ValueError(f"--save-model: {err}") from err
     result = _run_with_bar(session, scribbles, progress)
     print(result.message)
     _write(Path(f"{args.out}_classes.tif"), result.prediction.astype(np.uint8))
     progress.note("separating nuclei ...")
     instances, _ = session.instances()
     _write(Path(f"{args.out}_instances.tif"), instances.astype(np.uint32))
+    if args.save_model:
+        saved = session.save_model(args.save_model, overwrite=True)
+        print(f"saved the refined model to {saved}")
     for other in args.apply_to or []:
         target = RefineSession(
             session.model,
@@ -351,6 +363,13 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--apply-to", nargs="*", help="more images to predict with the refined model"
             )
+            p.add_argument(
+                "--save-model",
+                default=None,
+                metavar="PATH",
+                help="save the refined model (replacing PATH): .safetensors for HoVer-Net and "
+                "built-in models, .pt for TorchScript; load it again with --model PATH",
+            )
         p.add_argument(
             "--model",
             default=None,
@@ -382,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--size-multiple",
             type=int,
-            default=1,
+            default=None,
             help="TorchScript: image sides the network takes are multiples of this",
         )
         p.add_argument(

@@ -15,12 +15,16 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 import threading
 import time
 import warnings
 import weakref
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _distribution_version
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -39,6 +43,7 @@ from .memory import (
     session_need,
 )
 from .models.base import SegmentationModel
+from .models.saving import check_target
 from .optimiser import Adam
 from .postprocess import instance_types, type_by_instance
 from .prediction import class_map_of, head_pieces
@@ -117,6 +122,13 @@ def _out_of_memory(error: RuntimeError) -> bool:
     return isinstance(error, torch.OutOfMemoryError) or any(
         s in text for s in ("can't allocate memory", "out of memory", "not enough memory")
     )
+
+
+def _package_version() -> str:
+    try:
+        return _distribution_version("napari-scribble-refine")
+    except PackageNotFoundError:  # running from a source tree
+        return "(not installed)"
 
 
 HEAD_CHUNK_PIXELS = 1 << 20
@@ -779,6 +791,47 @@ class RefineSession:
         self._history.push(f"add class {name!r}", anchor=anchor)
         self._changed()
         return self.n_classes - 1
+
+    def save_model(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Save the network with its head as tuned now, for ``load_model`` to read back.
+
+        The format follows the model (:attr:`SegmentationModel.save_format`): the plugin's
+        ``.safetensors`` for HoVer-Net models, TorchScript for TorchScript files, a
+        ``.safetensors`` state dict for other ``nn.Module`` networks. The file holds the
+        tuned network, which predicts as this session's head does; the session's result also
+        applies the scribbles, the trust region and the edge-aware smoothing on top.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            Output file, with a suffix the format takes.
+        overwrite : bool
+            Replace an existing file.
+
+        Returns
+        -------
+        Path
+            The file written.
+
+        Raises
+        ------
+        ValueError
+            For a model that cannot be saved, a suffix the format does not take, a missing
+            folder or an existing file without ``overwrite``.
+        """
+        self._check_open()
+        model = self.model
+        target = check_target(model, path, overwrite)
+        labels = self.history_labels[1 : self.history_position + 1]
+        adapted = {
+            "from": model.name,
+            "by": f"napari-scribble-refine {_package_version()}",
+            "image_shape": list(self.spatial_shape),
+            "steps": labels,
+            "note": "the head was tuned to one image by its scribbles; check it on others",
+        }
+        model.save(target, {"adapted": adapted})
+        return target
 
     # ------------------------------------------------------------------ refinement
     def prepare_scribbles(

@@ -45,6 +45,11 @@ def check_normaliser(normalise: Normaliser) -> Normaliser:
     )
 
 
+def normaliser_name(normalise: Normaliser) -> str:
+    """Say which normalisation an adapter applies (for its description)."""
+    return "a function of its own" if callable(normalise) else str(normalise)
+
+
 def working_float(image: np.ndarray) -> np.ndarray:
     """Return the image in the float type its scaling uses: float64 stays, else float32.
 

@@ -18,6 +18,8 @@ Networks stay in eval mode throughout (frozen BatchNorm keeps its running statis
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -59,6 +61,12 @@ class SegmentationModel(ABC):
     head_is_pointwise: bool = False
     head_halo: int = 0
     trunk_is_cached: bool = True
+    description: str = ""
+    """One sentence saying what was loaded: format, weights, head and classes."""
+    save_suffixes: tuple[str, ...] = ()
+    """File suffixes :meth:`save` writes, the first suggested (empty: it cannot save)."""
+    save_format: str = ""
+    """What :meth:`save` writes, in words."""
 
     @property
     def n_classes(self) -> int:
@@ -147,6 +155,25 @@ class SegmentationModel(ABC):
         init_from : int
             Index of the existing class whose weights initialise the new channel.
         """
+
+    def save(self, path: Path, metadata: Mapping[str, Any]) -> None:
+        """Write the network with its current head so that ``load_model`` reads it back.
+
+        The caller checks ``path`` against :attr:`save_suffixes` first.
+
+        Parameters
+        ----------
+        path : Path
+            Output file.
+        metadata : mapping
+            JSON-serialisable notes stored with the weights (e.g. what the head was tuned on).
+
+        Raises
+        ------
+        ValueError
+            When this kind of model cannot be saved (the default).
+        """
+        raise ValueError(f"{self.name}: saving a {type(self).__name__} is not supported")
 
     def instances(
         self, class_map: np.ndarray, logits: torch.Tensor, features: Features

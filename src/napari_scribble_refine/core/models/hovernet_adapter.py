@@ -36,6 +36,7 @@ import functools
 import math
 from collections.abc import Mapping, Sequence
 from numbers import Real
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -48,7 +49,7 @@ from ._grow import check_new_class, grow_output_layer
 from ._prepare import PERCENTILES, to_input_tensor, working_float
 from .base import Features, SegmentationModel
 from .hovernet import HoVerNet
-from .hovernet_checkpoint import LoadedHoVerNet
+from .hovernet_checkpoint import LoadedHoVerNet, save_hovernet_safetensors
 
 __all__ = ["PANNUKE_TYPES", "HoVerNetModel", "default_class_names", "prepare_image"]
 
@@ -222,9 +223,12 @@ class HoVerNetModel(SegmentationModel):
             raise ValueError(f"precision must be one of {_PRECISIONS}, got {precision!r}")
         self.precision = precision
         loaded_norm = None
+        self.metadata: dict[str, str] = {}
+        """What the weights file said about itself (data, licence, recipe): saved along."""
         if isinstance(network, LoadedHoVerNet):
             class_names = class_names if class_names is not None else network.class_names
             loaded_norm = network.normalisation
+            self.metadata = dict(network.metadata)
             network = network.model
         if not isinstance(network, HoVerNet):
             raise TypeError(f"network must be a HoVerNet, got {type(network).__name__}")
@@ -315,6 +319,24 @@ class HoVerNetModel(SegmentationModel):
         self._head = nn.ModuleDict(parts)
         self.head_is_pointwise = n_layers <= 2
         self.head_halo = 0 if n_layers <= 2 else self._net.config.k // 2
+
+    @property
+    def description(self) -> str:  # type: ignore[override]
+        """One sentence saying what was loaded: architecture, head and classes."""
+        c = self._net.config
+        millions = sum(p.numel() for p in self._net.parameters()) / 1e6
+        layers = {1: "u0.conv", 2: "u0 (BatchNorm, ReLU, conv)", 3: "u1 and u0"}[self._n_layers]
+        branches = " and ".join(b.upper() for b in self._branches())
+        norm = self.normalisation["kind"]
+        if norm == "percentile":
+            norm += f" {self.normalisation.get('low', PERCENTILES[0])}-"
+            norm += f"{self.normalisation.get('high', PERCENTILES[1])}"
+        return (
+            f"Loaded HoVer-Net {self.name!r} ({c.mode} mode, {c.padding} padding, "
+            f"{millions:.1f} M parameters): head {layers} of the {branches} branch"
+            f"{'es' if self.typed else ''}, classes {', '.join(self.class_names)}, "
+            f"{c.in_channels}-channel input, normalisation {norm}."
+        )
 
     # ------------------------------------------------------------------ images
     def normalise_image(self, image: np.ndarray) -> np.ndarray:
@@ -558,6 +580,27 @@ class HoVerNetModel(SegmentationModel):
         key = "nr_types" if self.typed else "np_channels"
         if getattr(self._net.config, key) != conv.out_channels:
             self._net.config = dataclasses.replace(self._net.config, **{key: conv.out_channels})
+
+    save_suffixes = (".safetensors",)
+    save_format = "the plugin's HoVer-Net .safetensors file"
+
+    def save(self, path: Path, metadata: Mapping[str, Any]) -> None:
+        """Write the network, its classes and normalisation as the plugin's safetensors file.
+
+        The weights file's own notes (training data, licence) are kept; ``metadata`` entries
+        are added or replace them.
+
+        Parameters
+        ----------
+        path : Path
+            Output ``.safetensors`` file.
+        metadata : mapping
+            Notes stored beside the weights.
+        """
+        notes = {**self.metadata, **metadata}
+        save_hovernet_safetensors(
+            self._net, path, self.class_names, metadata=notes, normalisation=self.normalisation
+        )
 
     # ------------------------------------------------------------------ instances
     def instances(

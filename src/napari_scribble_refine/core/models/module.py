@@ -13,8 +13,10 @@ parameters get gradients.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,9 +28,11 @@ from ._prepare import (
     check_normaliser,
     input_batch,
     normalise_array,
+    normaliser_name,
     pad_to_multiple,
 )
 from .base import Features, SegmentationModel
+from .saving import save_state_dict
 
 __all__ = ["Captured", "TorchModuleModel", "is_pointwise", "module_halo"]
 
@@ -389,6 +393,20 @@ class TorchModuleModel(SegmentationModel):
         """Names of the modules whose parameters refinement tunes."""
         return list(self._roots)
 
+    @property
+    def description(self) -> str:  # type: ignore[override]
+        """One sentence saying what was wrapped: network, head and classes."""
+        how = (
+            "on cached features"
+            if self.trunk_is_cached
+            else f"whole forward each step: {self.split_note}"
+        )
+        return (
+            f"Wrapped torch.nn.Module {self.name!r} ({type(self._net).__name__}): head "
+            f"{format_names(self._roots)} ({how}), classes {', '.join(self.class_names)}, "
+            f"{self.in_channels}-channel input, normalisation {normaliser_name(self.normalise)}."
+        )
+
     def normalise_image(self, image: np.ndarray) -> np.ndarray:
         """Scale a whole image or stack to the network's input range.
 
@@ -507,6 +525,34 @@ class TorchModuleModel(SegmentationModel):
                 "cannot be added"
             )
         return last
+
+    save_suffixes = (".safetensors",)
+    save_format = "a .safetensors state dict (the architecture stays your Python code)"
+
+    def save(self, path: Path, metadata: Mapping[str, Any]) -> None:
+        """Write the module's state dict with this adapter's settings (see :mod:`.saving`).
+
+        Load it back with ``load_model(path, module=net)``, ``net`` built as before.
+
+        Parameters
+        ----------
+        path : Path
+            Output ``.safetensors`` file.
+        metadata : mapping
+            Notes stored with the settings.
+        """
+        settings = {
+            "module": type(self._net).__name__,
+            "name": self.name,
+            "class_names": self.class_names,
+            "in_channels": self.in_channels,
+            "head": self._roots,
+            "normalise": self.normalise,
+            "size_multiple": self.size_multiple,
+            "trunk_halo": self.trunk_halo,
+            **metadata,
+        }
+        save_state_dict(self._net, path, settings)
 
     def add_class(self, name: str, init_from: int) -> None:
         """Grow the final layer by one output channel copied from class ``init_from``.

@@ -3,7 +3,8 @@
 Built-in names load weights shipped inside the installed package (no network access).
 Files are recognised by their content and extension:
 
-* ``.safetensors`` written by this plugin: HoVer-Net weights with their configuration;
+* ``.safetensors`` written by this plugin: HoVer-Net weights with their configuration, or
+  the state dict of a tuned ``nn.Module`` (loaded into ``module=``, see :mod:`.saving`);
 * ``.tar`` / ``.pth`` / ``.pt`` official HoVer-Net checkpoints (vqdang or TIAToolbox),
   read with ``torch.load(weights_only=True)``;
 * TorchScript archives, which contain code that runs when the model does: loaded only
@@ -18,7 +19,11 @@ from importlib.resources import as_file, files
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
+
 from .base import SegmentationModel
+from .saving import CUSTOM_NORMALISE
 
 __all__ = [
     "BUILTIN_MODELS",
@@ -147,7 +152,9 @@ def load_model(
         Allow formats that execute code (TorchScript). Off by default.
     **kwargs
         Passed to the adapter (for TorchScript, e.g. ``head=`` parameter-name prefixes,
-        ``class_names=``, ``in_channels=``).
+        ``class_names=``, ``in_channels=``). For the state dict of a tuned
+        ``nn.Module`` (:meth:`RefineSession.save_model`), ``module=`` is the network built as
+        before, which receives the weights.
 
     Returns
     -------
@@ -210,7 +217,19 @@ def load_model(
 def _load_safetensors(path: Path, name: str, **kwargs: Any) -> SegmentationModel:
     from .hovernet_adapter import HoVerNetModel
     from .hovernet_checkpoint import load_hovernet_safetensors
+    from .saving import read_state_dict
 
+    try:
+        state = read_state_dict(path)
+    except Exception:  # noqa: BLE001 - not readable as safetensors: the HoVer-Net path says why
+        state = None
+    if state is not None:
+        return _load_state_dict(path, *state, **kwargs)
+    if "module" in kwargs:
+        raise ValueError(
+            f"{str(path)!r} is not a state dict saved from a tuned torch.nn.Module; load it "
+            "without module="
+        )
     try:
         loaded = load_hovernet_safetensors(path)
     except FileNotFoundError:
@@ -224,6 +243,52 @@ def _load_safetensors(path: Path, name: str, **kwargs: Any) -> SegmentationModel
         ) from err
     kwargs.setdefault("name", name)
     return _adapter(HoVerNetModel, loaded, name, kwargs)
+
+
+def _load_state_dict(
+    path: Path,
+    tensors: dict[str, torch.Tensor],
+    settings: dict[str, Any],
+    module: nn.Module | None = None,
+    **kwargs: Any,
+) -> SegmentationModel:
+    """Load a tuned ``nn.Module``'s saved state dict into ``module`` (built as before)."""
+    from .module import TorchModuleModel
+
+    built = settings.get("module", "the network")
+    if not isinstance(module, nn.Module):
+        raise ValueError(
+            f"{str(path)!r} holds the weights of a tuned {built}, whose architecture is Python "
+            f"code: build the network as before and pass it, load_model(path, module=net)"
+        )
+    own = module.state_dict()
+    for key, value in tensors.items():  # a final layer grown by add_class
+        if key in own and own[key].shape != value.shape and own[key].shape[1:] == value.shape[1:]:
+            owner_name, _, attr = key.rpartition(".")
+            owner = module.get_submodule(owner_name)
+            setattr(owner, attr, nn.Parameter(torch.empty_like(value), requires_grad=False))
+            if attr == "weight" and hasattr(owner, "out_channels"):
+                owner.out_channels = value.shape[0]
+    try:
+        module.load_state_dict(tensors, strict=True)
+    except RuntimeError as err:
+        raise ValueError(
+            f"{str(path)!r} does not fit the {type(module).__name__} given (saved from a "
+            f"{built}): {str(err).splitlines()[0]}"
+        ) from err
+    if settings.get("normalise") == CUSTOM_NORMALISE and "normalise" not in kwargs:
+        raise ValueError(
+            f"{str(path)!r} was tuned with a normalisation function of its own, which cannot "
+            "be saved; pass the same function as normalise="
+        )
+    options = {
+        key: settings[key]
+        for key in ("class_names", "in_channels", "head", "normalise", "size_multiple",
+                    "trunk_halo", "name")
+        if key in settings
+    }  # fmt: skip
+    options.update(kwargs)
+    return TorchModuleModel(module, **options)
 
 
 def _load_checkpoint(path: Path, **kwargs: Any) -> SegmentationModel:

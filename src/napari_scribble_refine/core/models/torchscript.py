@@ -13,8 +13,9 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,9 +27,11 @@ from ._prepare import (
     check_normaliser,
     input_batch,
     normalise_array,
+    normaliser_name,
     pad_to_multiple,
 )
 from .base import Features, HeadState, SegmentationModel
+from .saving import CUSTOM_NORMALISE, save_torchscript, saved_settings
 
 __all__ = [
     "ParameterView",
@@ -186,17 +189,20 @@ class TorchScriptModel(PrefixedHead, SegmentationModel):
         A file written by ``torch.jit.save``.
     head : str or sequence of str, optional
         Parameter-name prefix(es) of the head, e.g. ``"decoder.final"`` matches
-        ``decoder.final.weight`` and ``decoder.final.bias``. Default: the module that owns
-        the network's last parameter (usually its final convolution), named in a warning.
+        ``decoder.final.weight`` and ``decoder.final.bias``. Default: the file's saved head
+        (a model saved by this plugin), else the module that owns the network's last
+        parameter (usually its final convolution), named in a warning.
     class_names : sequence of str, optional
-        Output classes, background first. Default: ``"background"``, ``"class 1"``, ... for
-        as many channels as the network outputs.
-    in_channels : int
-        Channels the network takes.
+        Output classes, background first. Default: the file's saved classes, else
+        ``"background"``, ``"class 1"``, ... for as many channels as the network outputs.
+    in_channels : int, optional
+        Channels the network takes (default: the file's saved value, else 1).
     normalise : str, callable or None
-        As for :class:`~napari_scribble_refine.core.models.module.TorchModuleModel`.
-    size_multiple : int
-        H and W the network accepts must be multiples of this; inputs are reflect-padded.
+        As for :class:`~napari_scribble_refine.core.models.module.TorchModuleModel`;
+        ``"auto"`` (the default) takes the file's saved setting, else ``"percentile"``.
+    size_multiple : int, optional
+        H and W the network accepts must be multiples of this; inputs are reflect-padded
+        (default: the file's saved value, else 1).
     name : str, optional
         Name shown to users; defaults to the file name.
 
@@ -225,14 +231,28 @@ class TorchScriptModel(PrefixedHead, SegmentationModel):
         head: str | Sequence[str] | None = None,
         *,
         class_names: Sequence[str] | None = None,
-        in_channels: int = 1,
-        normalise: Normaliser = "percentile",
-        size_multiple: int = 1,
+        in_channels: int | None = None,
+        normalise: Normaliser = "auto",
+        size_multiple: int | None = None,
         name: str | None = None,
     ) -> None:
         file = Path(path)
         if not file.is_file():
             raise FileNotFoundError(f"TorchScript model file {str(file)!r} does not exist")
+        saved = saved_settings(file)
+        head = head if head is not None else saved.get("head")
+        class_names = class_names if class_names is not None else saved.get("class_names")
+        in_channels = in_channels if in_channels is not None else saved.get("in_channels", 1)
+        size_multiple = (
+            size_multiple if size_multiple is not None else saved.get("size_multiple", 1)
+        )
+        if isinstance(normalise, str) and normalise == "auto":
+            normalise = saved.get("normalise", "percentile")
+        if normalise == CUSTOM_NORMALISE:
+            raise ValueError(
+                f"{str(file)!r} was tuned with a normalisation function of its own, which "
+                "cannot be saved; pass the same function as normalise="
+            )
         warnings.warn(
             f"Loading TorchScript file {str(file)!r}: TorchScript files can execute code; "
             "only load files from sources you trust.",
@@ -285,6 +305,18 @@ class TorchScriptModel(PrefixedHead, SegmentationModel):
                 stacklevel=2,
             )
         self._prefixes = check_prefixes(head, names, self.name)
+        self._from_file = ", settings saved with it" if saved else ""
+
+    @property
+    def description(self) -> str:  # type: ignore[override]
+        """One sentence saying what was loaded: file, head and classes."""
+        return (
+            f"Loaded TorchScript file {str(self.path)!r}{self._from_file}: head "
+            f"{format_names(self._prefixes)} (whole forward each step), classes "
+            f"{', '.join(self.class_names)}, {self.in_channels}-channel input, normalisation "
+            f"{normaliser_name(self.normalise)}, inputs padded to multiples of "
+            f"{self.size_multiple}."
+        )
 
     # ------------------------------------------------------------------ set-up
     def _probe(self) -> int:
@@ -388,6 +420,29 @@ class TorchScriptModel(PrefixedHead, SegmentationModel):
         x = features["input"]
         h, w = x.shape[-2:]
         return self._net(pad_to_multiple(x, self.size_multiple))[..., :h, :w]
+
+    save_suffixes = (".ts", ".torchscript", ".jit", ".pt")
+    save_format = "a TorchScript file with the head, classes and input settings"
+
+    def save(self, path: Path, metadata: Mapping[str, Any]) -> None:
+        """Write the network as TorchScript with this adapter's settings (see :mod:`.saving`).
+
+        Parameters
+        ----------
+        path : Path
+            Output file.
+        metadata : mapping
+            Notes stored with the settings.
+        """
+        settings = {
+            "head": self._prefixes,
+            "class_names": self.class_names,
+            "in_channels": self.in_channels,
+            "normalise": self.normalise,
+            "size_multiple": self.size_multiple,
+            **metadata,
+        }
+        save_torchscript(self._net, path, settings)
 
     def add_class(self, name: str, init_from: int) -> None:
         """Grow the final layer (the last head weight with one row per class) by one class.
