@@ -186,6 +186,10 @@ class ScribbleRefineWidget(Container):
         self._reset_button = PushButton(
             text="Reset model", tooltip="Forget all refinements: back to the pre-trained model."
         )
+        self._save_model_button = PushButton(
+            text="Save model…",
+            tooltip="Save the tuned model to a file; Model > From file… loads it again.",
+        )
         self._status = Label(value="Choose an image, then Predict.")
         self._status.tooltip = "What the widget is doing."
 
@@ -206,6 +210,7 @@ class ScribbleRefineWidget(Container):
                 self._settings,
                 row(self._predict_button, self._refine_button, self._cancel_button),
                 row(self._undo_button, self._redo_button, self._reset_button),
+                self._save_model_button,
                 self._status,
             ]
         )
@@ -230,6 +235,7 @@ class ScribbleRefineWidget(Container):
         self._redo_button.changed.connect(lambda: self.redo())
         self._reset_button.changed.connect(lambda: self.reset_model())
         self._add_class_button.changed.connect(lambda: self.add_class())
+        self._save_model_button.changed.connect(self._on_save_model)
         for action, key in SHORTCUTS.items():
             self._viewer.bind_key(key, self._shortcut(action), overwrite=True)
         self._close_watcher = _CloseWatcher(self.native, self.shutdown)
@@ -788,6 +794,50 @@ class ScribbleRefineWidget(Container):
         """
         return self._history("reset", wait)
 
+    def _on_save_model(self) -> None:
+        """Ask where to save the tuned model (Qt's own dialog, which asks before replacing)."""
+        from qtpy.QtWidgets import QFileDialog
+
+        session = self._session
+        if session is None:
+            return
+        suffixes = session.model.save_suffixes
+        dialog = QFileDialog(self.native, "Save the tuned model")
+        dialog.setOption(QFileDialog.Option.DontUseNativeDialog)
+        dialog.setAcceptMode(QFileDialog.AcceptMode.AcceptSave)
+        dialog.setNameFilter(f"{session.model.save_format} ({' '.join('*' + s for s in suffixes)})")
+        dialog.setDefaultSuffix(suffixes[0].lstrip("."))
+        dialog.setDirectory(str(Path.home()))
+        dialog.selectFile(f"{Path(session.model.name).stem}-tuned{suffixes[0]}")
+        if dialog.exec() and dialog.selectedFiles():
+            self.save_model(dialog.selectedFiles()[0])
+
+    def save_model(self, path: str | Path) -> Path | None:
+        """Save the open session's model as tuned now (replacing ``path``).
+
+        Parameters
+        ----------
+        path : str or Path
+            The file; its suffix must suit the model (see ``RefineSession.save_model``).
+
+        Returns
+        -------
+        Path or None
+            The file written, or None when there was nothing to save or it failed (the
+            status line says why).
+        """
+        if self._session is None or self._runner.busy:
+            show_info("Predict first, and wait for the running task: then Save model…")
+            return None
+        try:
+            saved = self._session.save_model(path, overwrite=True)
+        except (ValueError, OSError) as error:
+            self._set_status(f"Not saved: {error}")
+            show_error(str(error))
+            return None
+        self._set_status(f"Saved the tuned model to {saved.name}; Model > From file… loads it.")
+        return saved
+
     def add_class(
         self, name: str | None = None, init_from: int | None = None, wait: bool = False
     ) -> Any:
@@ -981,6 +1031,8 @@ class ScribbleRefineWidget(Container):
         self._redo_button.enabled = not busy and bool(session is not None and session.can_redo)
         self._reset_button.enabled = not busy and session is not None
         self._add_class_button.enabled = not busy and session is not None
+        savable = session is not None and bool(session.model.save_suffixes)
+        self._save_model_button.enabled = not busy and savable
         for widget in (self._image, self._model_choice, self._device):
             widget.enabled = not busy
 

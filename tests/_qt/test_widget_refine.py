@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from _qt_helpers import click, press, truth_scribbles
 
 from napari_scribble_refine import _layers
+from napari_scribble_refine.core import RefineConfig, RefineSession, load_model
 from napari_scribble_refine.core.synthetic import synthetic_he
 from napari_scribble_refine.scripting import open_widget
 
@@ -308,3 +311,42 @@ def test_add_class_then_paint_refine_and_undo(docked, fluo_sample, notifications
     assert docked.session.class_names == ["background", "nucleus"]
     assert "add class" in docked._status.value
     np.testing.assert_array_equal(docked.prediction_layer.data, before)
+
+
+def test_save_model_by_click_and_load_it_back(shown, fluo_sample, qtbot, tmp_path):
+    """Save model… writes the tuned model; From file… loads it and predicts as it did."""
+    from qtpy.QtCore import Qt, QTimer
+    from qtpy.QtWidgets import QApplication, QFileDialog, QLineEdit
+
+    assert not shown._save_model_button.enabled  # nothing tuned to save before Predict
+    click(qtbot, shown._predict_button, shown)
+    scribbles = shown.new_scribbles()
+    scribbles.data = truth_scribbles(fluo_sample.types)
+    shown.configure(iterations=30, region_growing=False)
+    click(qtbot, shown._refine_button, shown)
+    target = tmp_path / "mine.safetensors"
+    seen: list[str] = []
+
+    def fill_in() -> None:  # the user types a name in the dialog and presses Save
+        dialog = QApplication.activeModalWidget()
+        assert isinstance(dialog, QFileDialog)
+        seen.append(dialog.selectedFiles()[0])
+        name = dialog.findChild(QLineEdit)
+        name.clear()
+        qtbot.keyClicks(name, str(target))
+        qtbot.keyClick(name, Qt.Key.Key_Return)
+
+    QTimer.singleShot(300, fill_in)
+    click(qtbot, shown._save_model_button)
+    assert Path(seen[0]).name == "hovernet-fluo-tuned.safetensors"  # the suggested name
+    assert "Saved the tuned model to mine.safetensors" in shown._status.value, shown._status.value
+    assert target.is_file()
+    session = shown.session
+    tuned = RefineSession(session.model, fluo_sample.image, RefineConfig()).predict()
+    pretrained = RefineSession(load_model("hovernet-fluo"), fluo_sample.image).predict()
+    assert not np.array_equal(tuned, pretrained)
+
+    shown.set_model_file(target)  # Model > From file… with this file
+    shown.wait()
+    click(qtbot, shown._predict_button, shown)
+    np.testing.assert_array_equal(shown.prediction_layer.data, tuned)
