@@ -226,33 +226,3 @@ def test_free_types_keeps_far_type_changes_but_not_far_nucleus_changes(model3, s
     lost = others & (free.prediction == 0)  # far nucleus pixels the head dropped
     assert lost.any() and fraction(loose.prediction, lost, 0) == 0  # those stay nucleus
     assert disks.max() > 1
-
-
-def test_type_gate_spreads_a_type_once_the_head_predicts_new_strokes(model3, scene, config):
-    """``type_gate``: far type changes are kept once the tuned head got new strokes right."""
-    image, kinds = scene
-    hard = config.replace(keep_weight=0.0, learning_rate=0.2, momentum=0.9, max_iterations=80)
-    guarded = hard.replace(trust_region=True, spread=False, type_by_instance=False)
-    first = np.zeros(kinds.shape, np.int32)
-    scribble_disks(first, kinds, 1, [0], value=3)  # "this bright disk is 'other'"
-    first[:3, :] = 1
-    second = scribble_disks(first.copy(), kinds, 1, [1], value=3)  # ... and this one
-    others = (kinds == 1) & ndi_label_except(kinds, second)
-    free = RefineSession(model3, image, hard)
-    free.run(first)
-    retyped = others & (free.run(second).prediction == 2)  # where the head retypes
-    assert retyped.sum() > 50
-
-    for gate, spreads in ((0.5, True), (0.0, False)):
-        session = RefineSession(model3, image, guarded.replace(type_gate=gate))
-        one = session.run(first)  # a pre-trained head is no evidence: nothing spreads
-        assert fraction(one.prediction, others, 1) > 0.9
-        two = session.run(second)
-        if spreads:  # the head tuned on disk 0 already called disk 1 'other'
-            assert fraction(two.prediction, retyped, 2) > 0.9
-            session.undo()  # the gate is part of the undone state ...
-            assert fraction(session.predict(), others, 1) > 0.9
-            session.redo()  # ... and of the redone one
-            assert fraction(session.predict(), retyped, 2) > 0.9
-        else:
-            assert fraction(two.prediction, others, 1) > 0.9

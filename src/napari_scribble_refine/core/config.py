@@ -140,12 +140,6 @@ class RefineConfig:
         The trust region guards only nucleus/background changes: the tuned head's type
         changes between nucleus classes are kept everywhere (the head spreads a type
         stroke to the nuclei it finds alike).
-    type_gate : float
-        0: off. Otherwise the trust region keeps the tuned head's type changes into class c
-        everywhere once the head, before training on a refinement's new strokes of class c,
-        already predicted at least this share of their pixels as c: evidence that it
-        generalises from earlier strokes to errors it was not shown (a later refinement
-        whose new strokes it gets wrong closes the gate again).
     type_spread : bool
         A type stroke also retypes the unscribbled nuclei that look like the nuclei it was
         drawn on (:mod:`~napari_scribble_refine.core.type_spreading`); needs
@@ -196,7 +190,6 @@ class RefineConfig:
     spread_margin: float = 1.0
     type_by_instance: bool = True
     free_types: bool = False
-    type_gate: float = 0.0
     type_spread: bool = False
     type_spread_margin: float = 1.0
     crf_weight: float = 3.0
@@ -228,7 +221,6 @@ class RefineConfig:
             "spread_confidence": 0 <= self.spread_confidence <= 1,
             "spread_margin": self.spread_margin > 0,
             "type_spread_margin": self.type_spread_margin > 0,
-            "type_gate": 0 <= self.type_gate <= 1,
             "crf_weight": self.crf_weight >= 0,
             "crf_radius": self.crf_radius >= 1,
             "crf_eps": self.crf_eps > 0,
@@ -253,7 +245,6 @@ class RefineConfig:
             "spread_confidence": "a number in [0, 1]",
             "spread_margin": "a number > 0",
             "type_spread_margin": "a number > 0",
-            "type_gate": "a number in [0, 1] (0: off)",
             "crf_weight": "a number >= 0 (0: off)",
             "crf_radius": "an integer >= 1",
             "crf_eps": "a number > 0",
@@ -292,7 +283,6 @@ class RefineConfig:
             trust_region=False,
             type_by_instance=False,
             type_spread=False,
-            type_gate=0.0,
             crf_weight=0.0,
         )
         return cls().replace(**{**plain, **changes})

@@ -46,15 +46,11 @@ class Constraints:
     settings : RefineConfig
         The refinement's settings (its trust-region, CRF and instance-typing settings
         decide the prediction).
-    open_types : frozenset of int
-        Classes whose type changes the trust region keeps everywhere
-        (``RefineConfig.type_gate``).
     """
 
     scribbles: np.ndarray
     pinned: bool
     settings: RefineConfig
-    open_types: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -70,7 +66,6 @@ class _Packed:
     dtype: np.dtype
     pinned: bool
     settings: RefineConfig
-    open_types: frozenset[int]
 
     @classmethod
     def pack(cls, constraints: Constraints) -> _Packed:
@@ -82,14 +77,12 @@ class _Packed:
             marks.dtype,
             constraints.pinned,
             constraints.settings,
-            constraints.open_types,
         )
 
     def unpack(self) -> Constraints:
         """Return the constraints with a new read-only scribble array."""
         marks = np.frombuffer(zlib.decompress(self.data), self.dtype).reshape(self.shape)
-        # frombuffer: read-only
-        return Constraints(marks, self.pinned, self.settings, self.open_types)
+        return Constraints(marks, self.pinned, self.settings)  # frombuffer: read-only
 
 
 @dataclass

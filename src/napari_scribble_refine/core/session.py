@@ -131,9 +131,6 @@ def _package_version() -> str:
         return "(not installed)"
 
 
-_GATE_PIXELS = 10
-"""Fewest new stroke pixels of a class that count as evidence for ``type_gate``."""
-
 HEAD_CHUNK_PIXELS = 1 << 20
 """Pixels per piece when the head runs over the whole image (bounds memory)."""
 
@@ -567,8 +564,6 @@ class RefineSession:
                 )
                 if settings.free_types:
                     masks[index] |= (before[index] > 0) & (after > 0)
-                for c in cons.open_types:
-                    masks[index] |= (before[index] > 0) & (after == c)
         self._accept = (self._version, masks)
         return masks
 
@@ -952,37 +947,9 @@ class RefineSession:
         else:  # a copy (later edits of the layer change nothing), 1 byte per pixel
             marks = used.astype(np.uint8 if self.n_classes < 255 else np.int32)
             marks.setflags(write=False)
-        open_types = self._open_types(np.asarray(scribbles), cfg)
-        constraints = Constraints(marks, bool(cfg.pin_scribbles), cfg, open_types)
+        constraints = Constraints(marks, bool(cfg.pin_scribbles), cfg)
         every = cfg.preview_every if previews else 0
         return self._loop(cfg, batches, n_scribbled, token, grown, constraints, every)
-
-    def _open_types(self, painted: np.ndarray, cfg: RefineConfig) -> frozenset[int]:
-        """Classes whose type changes spread (``RefineConfig.type_gate``), judged now.
-
-        The evidence is the current tuned head's class at the pixels of the strokes that
-        are new since the last refinement, before the head trains on them: a class opens
-        when the head already predicts at least ``type_gate`` of its new stroke pixels,
-        closes when it predicts less, and stays as it was without new strokes (at least
-        ``_GATE_PIXELS`` pixels count as a stroke). A pre-trained head gives no evidence.
-        """
-        before = self._history.constraints
-        if cfg.type_gate <= 0 or self.n_classes <= 2 or before is None:
-            return frozenset()
-        planes = painted if self.image_info.is_3d else painted[None]
-        old = before.scribbles if self.image_info.is_3d else before.scribbles[None]
-        head = np.stack([self._maps(index)[0] for index in range(self._n_slices())])
-        new = (planes > 0) & (old == 0)
-        opened = set(before.open_types)
-        for c in range(1, self.n_classes):
-            stroke = new & (planes == c + 1)
-            if np.count_nonzero(stroke) < _GATE_PIXELS:
-                continue
-            if np.mean(head[stroke] == c) >= cfg.type_gate:
-                opened.add(c)
-            else:
-                opened.discard(c)
-        return frozenset(opened)
 
     def _stale_constraints(self, constraints: Constraints, violations: int) -> bool:
         """Whether a refinement that took no step must still record its scribbles.
