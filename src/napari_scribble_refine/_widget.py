@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +35,7 @@ from .core.config import RefineConfig
 from .core.images import validate_image
 from .core.models.registry import available_models, default_model, is_torchscript
 from .core.scribbles import validate_scribbles
+from .instance_files import write_instances
 
 if TYPE_CHECKING:
     import napari
@@ -42,7 +43,13 @@ if TYPE_CHECKING:
 FROM_FILE = "From file…"
 DEFAULT_CLASSES = ["background", "nucleus"]
 LIVE_UPDATE_MS = 100
-SHORTCUTS = {"refine": "Shift-R", "undo": "Shift-Z", "redo": "Shift-Y"}
+SHORTCUTS = {
+    "predict": "Shift-P",
+    "refine": "Shift-R",
+    "undo": "Shift-Z",
+    "redo": "Shift-Y",
+    "commit": "Shift-C",
+}
 
 
 def _devices() -> list[str]:
@@ -71,6 +78,11 @@ class _CloseWatcher(QObject):
         return False
 
 
+def _key(layer: Any) -> Hashable:
+    """Identify a layer (napari may hand a plugin proxies: ``id`` would differ per access)."""
+    return None if layer is None else layer.unique_id
+
+
 class ScribbleRefineWidget(Container):
     """Scribble-aware refinement of a segmentation network in napari.
 
@@ -91,12 +103,13 @@ class ScribbleRefineWidget(Container):
         self._viewer = viewer
         self._model: Any = None
         self._model_key: str | None = None
-        self._session: Any = None
-        self._session_image: Any = None
+        # per image layer and model: the session (each tunes its own copy of the model)
+        self._sessions: dict[tuple[Hashable, str], tuple[Image, Any]] = {}
+        self._outputs: dict[Hashable, dict[str, Labels]] = {}  # per image: its output layers
+        self._types: dict[Hashable, dict[int, int]] = {}  # per image: instance id -> class
+        self._task_image: Image | None = None  # the image the running task works on
         self._model_file: str | None = None
         self._class_names = list(DEFAULT_CLASSES)
-        self._prediction_layer: Labels | None = None
-        self._instances_layer: Labels | None = None
         self._progress: progress | None = None
         self.last_outcome: _tasks.Outcome | None = None
         self._closed = False
@@ -168,7 +181,8 @@ class ScribbleRefineWidget(Container):
         )
         self._settings = RefineSettings()
         self._predict_button = PushButton(
-            text="Predict", tooltip="Segment the image with the current model."
+            text="Predict",
+            tooltip=f"Segment the image with the current model ({SHORTCUTS['predict']}).",
         )
         self._refine_button = PushButton(
             text="Refine",
@@ -185,6 +199,15 @@ class ScribbleRefineWidget(Container):
         )
         self._reset_button = PushButton(
             text="Reset model", tooltip="Forget all refinements: back to the pre-trained model."
+        )
+        self._commit_button = PushButton(
+            text="Commit",
+            tooltip="Copy the nuclei and their types into a layer of your own "
+            f"({SHORTCUTS['commit']}); later refinements leave it alone.",
+        )
+        self._export_button = PushButton(
+            text="Export…",
+            tooltip="Write the nuclei as TIFF labels, a CSV of types and GeoJSON polygons.",
         )
         self._save_model_button = PushButton(
             text="Save model…",
@@ -210,7 +233,7 @@ class ScribbleRefineWidget(Container):
                 self._settings,
                 row(self._predict_button, self._refine_button, self._cancel_button),
                 row(self._undo_button, self._redo_button, self._reset_button),
-                self._save_model_button,
+                row(self._commit_button, self._export_button, self._save_model_button),
                 self._status,
             ]
         )
@@ -236,6 +259,8 @@ class ScribbleRefineWidget(Container):
         self._reset_button.changed.connect(lambda: self.reset_model())
         self._add_class_button.changed.connect(lambda: self.add_class())
         self._save_model_button.changed.connect(self._on_save_model)
+        self._commit_button.changed.connect(lambda: self.commit())
+        self._export_button.changed.connect(self._on_export)
         for action, key in SHORTCUTS.items():
             self._viewer.bind_key(key, self._shortcut(action), overwrite=True)
         self._close_watcher = _CloseWatcher(self.native, self.shutdown)
@@ -269,18 +294,37 @@ class ScribbleRefineWidget(Container):
 
     @property
     def session(self) -> Any:
-        """The open refinement session, or None before the first Predict/Refine."""
+        """The chosen image's refinement session, or None before its first Predict/Refine."""
         return self._session
 
     @property
+    def _session(self) -> Any:
+        return self._session_of(self._image.value)
+
+    def _session_of(self, image: Image | None) -> Any:
+        entry = self._sessions.get((_key(image), self._chosen_model()))
+        return entry[1] if entry is not None else None
+
+    def _chosen_model(self) -> str:
+        """Return the model the picker names ("" when it names none)."""
+        try:
+            return self._model_spec()
+        except ValueError:
+            return ""
+
+    def _output(self, image: Image | None, kind: str) -> Labels | None:
+        layer = self._outputs.get(_key(image), {}).get(kind)
+        return layer if layer is not None and layer in self._viewer.layers else None
+
+    @property
     def prediction_layer(self) -> Labels | None:
-        """The Labels layer showing the class map, once there is one."""
-        return self._prediction_layer
+        """The Labels layer showing the chosen image's class map, once there is one."""
+        return self._output(self._image.value, "prediction")
 
     @property
     def instances_layer(self) -> Labels | None:
-        """The Labels layer showing the instances, once there is one."""
-        return self._instances_layer
+        """The Labels layer showing the chosen image's instances, once there is one."""
+        return self._output(self._image.value, "instances")
 
     @property
     def worker(self) -> Any:
@@ -354,13 +398,23 @@ class ScribbleRefineWidget(Container):
     def _layer_choices(self, kind: type, _widget: Any = None, scribbles: bool = False):
         layers = [layer for layer in self._viewer.layers if isinstance(layer, kind)]
         if scribbles:
-            owned = (self._prediction_layer, self._instances_layer)
-            layers = [layer for layer in layers if layer not in owned]
+            owned = [_key(layer) for out in self._outputs.values() for layer in out.values()]
+            layers = [
+                layer
+                for layer in layers
+                if _key(layer) not in owned and layer.metadata.get("scribble_refine") != "committed"
+            ]
         return [(layer.name, layer) for layer in layers]
 
     def _on_layers_changed(self, event: Any = None) -> None:
         if self._closed:
             return
+        present = {_key(layer) for layer in self._viewer.layers}
+        for key in [k for k in self._sessions if k[0] not in present]:
+            del self._sessions[key]  # the image is gone: so is its work
+        for table in (self._outputs, self._types):
+            for key in [k for k in table if k not in present]:
+                del table[key]
         self._reset_layer_choices()
         self._update_buttons()
 
@@ -369,6 +423,15 @@ class ScribbleRefineWidget(Container):
             picker.reset_choices()
 
     def _on_image_changed(self) -> None:
+        session = self._session
+        if session is not None:  # back to an image with work: its classes and result
+            self._apply_classes(list(session.class_names))
+            self._set_status(
+                f"{self._image.value.name}: its {session.history_position} change(s) are "
+                "kept; Undo steps back through them"
+            )
+        elif self._model is not None:
+            self._apply_classes(list(self._model.class_names))
         if not self._model_picked and self._choose_model_for_image():
             self.load_model()
         self._update_buttons()
@@ -436,8 +499,8 @@ class ScribbleRefineWidget(Container):
             if layer.metadata.get("scribble_refine") == "scribbles":
                 layer.colormap = _layers.scribble_colormap(self._class_names)
                 layer.features = _layers.class_features(self._class_names, offset=1)
-        if self._prediction_layer is not None:
-            self._prediction_layer.colormap = _layers.prediction_colormap(self._class_names)
+        if self.prediction_layer is not None:
+            self.prediction_layer.colormap = _layers.prediction_colormap(self._class_names)
 
     # ------------------------------------------------------------------ new layers
     def _require_image(self) -> Image | None:
@@ -538,9 +601,9 @@ class ScribbleRefineWidget(Container):
         self._drop_session("Layers to tune changed: the next Predict starts over with them")
 
     def _drop_session(self, reason: str) -> None:
-        if self._session is not None:
-            self._session = self._session_image = None
-            show_info(f"{reason} (refinements dropped)")
+        if self._sessions:
+            self._sessions.clear()
+            show_info(f"{reason} (refinements dropped; Save model… keeps them first)")
         self._update_buttons()
 
     def load_model(self, wait: bool = False) -> Any:
@@ -576,7 +639,6 @@ class ScribbleRefineWidget(Container):
 
         def loaded(model: Any) -> None:
             self._model, self._model_key = model, spec
-            self._session = self._session_image = None
             self._apply_classes(list(model.class_names))
             self._set_status(f"Model {model.name} ready ({', '.join(model.class_names)})")
 
@@ -630,10 +692,7 @@ class ScribbleRefineWidget(Container):
         return image_layer, None, make_session
 
     def _current_session(self) -> Any:
-        image = self._image.value
-        if self._session is not None and self._session_image == image:
-            return self._session
-        return None
+        return self._session
 
     def predict(self, wait: bool = False) -> Any:
         """Segment the chosen image in the background and show the prediction.
@@ -723,6 +782,7 @@ class ScribbleRefineWidget(Container):
         self._live.delivered = 0
         self._progress = progress(total=config.max_iterations, desc="Refine")
         work = _tasks.refine(session, make_session, feedback, config, self._runner.cancelled)
+        self._task_image = image  # live previews go to this image's layer
         return self._start(
             "refining",
             work,
@@ -741,7 +801,7 @@ class ScribbleRefineWidget(Container):
         if self._session is None:
             show_info("Nothing to undo yet: Predict and Refine first")
             return None
-        image = self._session_image
+        image = self._image.value
         return self._start(
             action,
             partial(_tasks.history, self._session, action),
@@ -793,6 +853,89 @@ class ScribbleRefineWidget(Container):
             The thread worker.
         """
         return self._history("reset", wait)
+
+    def _shown_instances(self) -> tuple[Image, np.ndarray, dict[int, int]] | None:
+        """Return the chosen image, its shown instances and their classes (None before Predict)."""
+        image = self._image.value
+        layer, types = self.instances_layer, self._types.get(_key(image))
+        if image is None or layer is None or types is None:
+            show_info("Predict first: Commit and Export take the nuclei shown for the image")
+            return None
+        return image, np.array(layer.data, copy=True), types
+
+    def commit(self) -> Labels | None:
+        """Copy the shown nuclei and their types into a new Labels layer the user owns.
+
+        Returns
+        -------
+        napari.layers.Labels or None
+            The new layer (named ``"<image> corrected"``), or None before Predict.
+        """
+        shown = self._shown_instances()
+        if shown is None or self._runner.busy:
+            return None
+        image, labels, types = shown
+        ids = sorted(types)
+        names = [self._class_names[types[i]] if types[i] < len(self._class_names) else "?"
+                 for i in ids]  # fmt: skip
+        layer = self._viewer.add_labels(
+            labels,
+            name=f"{image.name} corrected",
+            features={"index": [0, *ids], "type": ["background", *names]},
+            metadata={"scribble_refine": "committed"},
+            scale=image.scale[-labels.ndim :],
+            translate=image.translate[-labels.ndim :],
+        )
+        self._set_status(
+            f"Committed {len(ids)} nuclei to '{layer.name}': yours to edit; File > Save "
+            "Selected Layers saves it, Export… adds types and polygons"
+        )
+        return layer
+
+    def _on_export(self) -> None:
+        """Ask for a file name prefix and export the shown nuclei (see :meth:`export`)."""
+        from qtpy.QtWidgets import QFileDialog
+
+        image = self._image.value
+        if image is None:
+            return
+        dialog = QFileDialog(self.native, "Export nuclei (TIFF labels, CSV of types, GeoJSON)")
+        dialog.setOption(QFileDialog.Option.DontUseNativeDialog)
+        dialog.setAcceptMode(QFileDialog.AcceptMode.AcceptSave)
+        dialog.setDirectory(str(Path.home()))
+        dialog.selectFile(f"{image.name}-nuclei")
+        if dialog.exec() and dialog.selectedFiles():
+            self.export(dialog.selectedFiles()[0])
+
+    def export(self, prefix: str | Path) -> list[Path] | None:
+        """Write the shown nuclei: ``<prefix>_instances.tif``, ``_types.csv``, ``.geojson``.
+
+        Parameters
+        ----------
+        prefix : str or Path
+            Output prefix (a suffix such as ``.geojson`` is dropped); files are replaced.
+
+        Returns
+        -------
+        list of Path or None
+            The files written, or None when there was nothing to export or it failed.
+        """
+        shown = self._shown_instances()
+        if shown is None:
+            return None
+        _, labels, types = shown
+        prefix = Path(prefix)
+        if prefix.suffix.lower() in (".geojson", ".csv", ".tif", ".tiff"):
+            prefix = prefix.with_suffix("")
+        colours = {c: _layers.class_colour(c) for c in range(1, len(self._class_names))}
+        try:
+            files = write_instances(prefix, labels, types, self._class_names, colours)
+        except (ValueError, OSError) as error:
+            self._set_status(f"Not exported: {error}")
+            show_error(str(error))
+            return None
+        self._set_status(f"Exported {len(types)} nuclei: {', '.join(f.name for f in files)}")
+        return files
 
     def _on_save_model(self) -> None:
         """Ask where to save the tuned model (Qt's own dialog, which asks before replacing)."""
@@ -865,7 +1008,7 @@ class ScribbleRefineWidget(Container):
             show_error("Type a name for the new class first")
             return None
         source = self._palette.selected if init_from is None else init_from
-        image = self._session_image
+        image = self._image.value
         return self._start(
             "adding a class",
             partial(_tasks.add_class, self._session, name, source),
@@ -963,12 +1106,15 @@ class ScribbleRefineWidget(Container):
     def _show_live_prediction(self, prediction: np.ndarray) -> None:
         if self._closed:  # before touching a control: they may be deleted already
             return
-        image = self._image.value
-        if image is None:
-            return
-        self._prediction_layer = _layers.set_output(
+        image = self._task_image
+        if image is not None and image in self._viewer.layers:
+            self._show_prediction(image, prediction)
+
+    def _show_prediction(self, image: Image, prediction: np.ndarray) -> None:
+        outputs = self._outputs.setdefault(_key(image), {})
+        outputs["prediction"] = _layers.set_output(
             self._viewer,
-            self._prediction_layer,
+            self._output(image, "prediction"),
             np.asarray(prediction),
             name=f"{image.name} prediction",
             image=image,
@@ -978,17 +1124,18 @@ class ScribbleRefineWidget(Container):
         )
 
     def _show_outcome(self, image: Image, outcome: _tasks.Outcome) -> None:
-        if outcome.session is not self._session:
+        if outcome.session is not self._session_of(image):
             self._check_channels(outcome.session)
         self.last_outcome = outcome
         self._live.discard()
-        self._session, self._session_image = outcome.session, image
-        self._apply_classes(list(outcome.session.class_names))
-        self._show_live_prediction(outcome.prediction)
+        self._sessions[_key(image), self._chosen_model()] = (image, outcome.session)
+        if image is self._image.value:
+            self._apply_classes(list(outcome.session.class_names))
+        self._show_prediction(image, outcome.prediction)
         if outcome.instances is not None:
             colormap = _layers.instance_colormap(outcome.instance_classes)
-            existing = self._instances_layer
-            self._instances_layer = _layers.set_output(
+            existing = self._output(image, "instances")
+            layer = _layers.set_output(
                 self._viewer,
                 existing,
                 np.asarray(outcome.instances),
@@ -997,10 +1144,12 @@ class ScribbleRefineWidget(Container):
                 colormap=colormap,
                 opacity=0.9,
             )
-            if self._instances_layer is existing:
-                self._instances_layer.colormap = colormap
+            self._outputs[_key(image)]["instances"] = layer
+            self._types[_key(image)] = dict(outcome.instance_classes)
+            if layer is existing:
+                layer.colormap = colormap
             else:
-                self._instances_layer.contour = 1
+                layer.contour = 1
         self._reset_layer_choices()
         self._set_status(outcome.message)
 
@@ -1031,6 +1180,9 @@ class ScribbleRefineWidget(Container):
         self._redo_button.enabled = not busy and bool(session is not None and session.can_redo)
         self._reset_button.enabled = not busy and session is not None
         self._add_class_button.enabled = not busy and session is not None
+        shown = self._types.get(_key(self._image.value)) is not None and bool(self.instances_layer)
+        self._commit_button.enabled = not busy and shown
+        self._export_button.enabled = not busy and shown
         savable = session is not None and bool(session.model.save_suffixes)
         self._save_model_button.enabled = not busy and savable
         for widget in (self._image, self._model_choice, self._device):

@@ -33,6 +33,7 @@ from .core.models.registry import default_model, is_torchscript
 from .core.models.saving import check_target, saved_settings
 from .core.robot import RobotUser
 from .core.synthetic import synthetic_fluorescence, synthetic_he
+from .instance_files import write_instances
 
 DEMO_SEED = 20261126
 
@@ -56,6 +57,13 @@ def _truth_in_model_classes(
 
 def _write(path: Path, array: np.ndarray) -> None:
     tifffile.imwrite(path, array, compression="zlib")
+
+
+def _write_instances(prefix: str, session: RefineSession) -> str:
+    """Write the instances as TIFF labels, a CSV of types and GeoJSON; name the files."""
+    instances, classes = session.instances()
+    files = write_instances(prefix, instances, classes, session.class_names)
+    return ", ".join(str(f) for f in files)
 
 
 def _read_image(path: str, name: str) -> np.ndarray:
@@ -265,11 +273,8 @@ def _predict(args: argparse.Namespace, progress: _Progress) -> None:
     progress.note("predicting classes ...")
     _write(Path(f"{args.out}_classes.tif"), session.predict().astype(np.uint8))
     progress.note("separating nuclei ...")
-    instances, _ = session.instances()
-    _write(Path(f"{args.out}_instances.tif"), instances.astype(np.uint32))
-    print(
-        f"classes {session.class_names}; wrote {args.out}_classes.tif and {args.out}_instances.tif"
-    )
+    written = _write_instances(args.out, session)
+    print(f"classes {session.class_names}; wrote {args.out}_classes.tif, {written}")
 
 
 def _refine(args: argparse.Namespace, progress: _Progress) -> None:
@@ -292,8 +297,7 @@ def _refine(args: argparse.Namespace, progress: _Progress) -> None:
     print(result.message)
     _write(Path(f"{args.out}_classes.tif"), result.prediction.astype(np.uint8))
     progress.note("separating nuclei ...")
-    instances, _ = session.instances()
-    _write(Path(f"{args.out}_instances.tif"), instances.astype(np.uint32))
+    print(f"wrote {args.out}_classes.tif, {_write_instances(args.out, session)}")
     if args.save_model:
         saved = session.save_model(args.save_model, overwrite=True)
         print(f"saved the refined model to {saved}")

@@ -213,17 +213,19 @@ def test_3d_stack_scribbles_on_any_slice(make_napari_viewer, fluo_model, fluo_sa
     assert widget.instances_layer.data.shape == (4, 128, 128)
 
 
-def test_shortcuts_run_refine_undo_and_redo(shown, fluo_sample, qtbot):
+def test_shortcuts_run_predict_refine_undo_redo_and_commit(shown, fluo_sample, qtbot):
     """Real key presses: on the canvas, and on the docked widget (napari forwards them)."""
     from napari_scribble_refine._widget import SHORTCUTS
 
-    assert set(SHORTCUTS) == {"refine", "undo", "redo"}
-    click(qtbot, shown._predict_button, shown)
+    assert set(SHORTCUTS) == {"predict", "refine", "undo", "redo", "commit"}
+    canvas = shown.viewer.window._qt_viewer.canvas.native
+    press(qtbot, canvas, SHORTCUTS["predict"])
+    shown.wait()
     layer = shown.prediction_layer
+    assert layer is not None and shown.session is not None
     before = shown.session.prediction.copy()
     shown.new_scribbles().data = truth_scribbles(fluo_sample.types)
     shown.configure(iterations=3)
-    canvas = shown.viewer.window._qt_viewer.canvas.native
     press(qtbot, canvas, SHORTCUTS["refine"])
     assert shown.busy
     shown.wait()
@@ -241,6 +243,9 @@ def test_shortcuts_run_refine_undo_and_redo(shown, fluo_sample, qtbot):
     np.testing.assert_array_equal(layer.data, refined)
     np.testing.assert_array_equal(shown.session.prediction, refined)
     assert not shown.session.can_redo
+    press(qtbot, canvas, SHORTCUTS["commit"])
+    np.testing.assert_array_equal(shown.viewer.layers["nuclei corrected"].data,
+                                  shown.instances_layer.data)  # fmt: skip
 
 
 def _shown(viewer, layer) -> tuple[np.ndarray, np.ndarray]:
@@ -350,3 +355,94 @@ def test_save_model_by_click_and_load_it_back(shown, fluo_sample, qtbot, tmp_pat
     shown.wait()
     click(qtbot, shown._predict_button, shown)
     np.testing.assert_array_equal(shown.prediction_layer.data, tuned)
+
+
+def test_switching_images_keeps_each_images_work(make_napari_viewer, fluo_model, qtbot):
+    """Image A, then B, then A again: A's refinements, undo history and layers are kept."""
+    from qtpy.QtCore import Qt
+
+    from napari_scribble_refine.core.synthetic import synthetic_fluorescence
+
+    viewer = make_napari_viewer(show=True)
+    samples = {n: synthetic_fluorescence((96, 96), seed=s) for n, s in (("a", 5), ("b", 6))}
+    for name, sample in samples.items():
+        viewer.add_image(sample.image, name=name)
+    widget = open_widget(viewer, image="a", model=fluo_model, device="cpu")
+    widget.configure(iterations=20, region_growing=False)
+    click(qtbot, widget._predict_button, widget)
+    before_a = widget.prediction_layer.data.copy()
+    widget.new_scribbles().data = truth_scribbles(samples["a"].types, every=4)
+    click(qtbot, widget._refine_button, widget)
+    session_a = widget.session
+    refined_a = widget.prediction_layer.data.copy()
+    assert not np.array_equal(refined_a, before_a)
+
+    picker = widget._image.native
+    picker.setFocus()
+    qtbot.keyClick(picker, Qt.Key.Key_Down)  # the user picks image "b"
+    assert widget._image.value.name == "b" and widget.session is None
+    assert not widget._undo_button.enabled
+    click(qtbot, widget._predict_button, widget)
+    assert widget.prediction_layer.name == "b prediction"
+    assert widget.instances_layer.name == "b instances"
+    np.testing.assert_array_equal(viewer.layers["a prediction"].data, refined_a)
+    b_prediction = widget.prediction_layer.data.copy()
+
+    qtbot.keyClick(picker, Qt.Key.Key_Up)  # back to "a": its session and history
+    assert widget._image.value.name == "a" and widget.session is session_a
+    assert "1 change(s) are kept" in widget._status.value
+    assert widget.prediction_layer.name == "a prediction"
+    click(qtbot, widget._undo_button, widget)
+    np.testing.assert_array_equal(viewer.layers["a prediction"].data, before_a)
+    np.testing.assert_array_equal(viewer.layers["b prediction"].data, b_prediction)
+
+    viewer.layers.remove("a")  # an image that is gone takes its work with it
+    assert all(image.name != "a" for image, _ in widget._sessions.values())
+    assert widget._sessions and len(widget._outputs) == 1  # b's stay
+
+
+def test_commit_and_export_keep_the_nuclei(shown, fluo_sample, qtbot, tmp_path):
+    """Commit copies nuclei and types into the user's layer; Export… writes three files."""
+    import csv
+    import json
+
+    import tifffile
+    from qtpy.QtCore import Qt, QTimer
+    from qtpy.QtWidgets import QApplication, QLineEdit
+
+    assert not shown._commit_button.enabled and not shown._export_button.enabled
+    click(qtbot, shown._predict_button, shown)
+    shown_nuclei = shown.instances_layer.data.copy()
+    n = len(np.unique(shown_nuclei)) - 1
+    click(qtbot, shown._commit_button)
+    committed = shown.viewer.layers["nuclei corrected"]
+    np.testing.assert_array_equal(committed.data, shown_nuclei)
+    assert list(committed.features["type"][1:]) == ["nucleus"] * n
+    offered = [layer.name for layer in shown._scribbles.choices if layer is not None]
+    assert "nuclei corrected" not in offered  # never offered as scribbles
+    # a later refinement changes the widget's layers, not the committed one
+    shown.new_scribbles().data = truth_scribbles(fluo_sample.types)
+    shown.configure(iterations=20, region_growing=False)
+    click(qtbot, shown._refine_button, shown)
+    assert not np.array_equal(shown.instances_layer.data, shown_nuclei)
+    np.testing.assert_array_equal(committed.data, shown_nuclei)
+
+    def type_name() -> None:  # the user types a prefix in the dialog and presses Enter
+        dialog = QApplication.activeModalWidget()
+        name = dialog.findChild(QLineEdit)
+        name.clear()
+        qtbot.keyClicks(name, str(tmp_path / "cells.geojson"))
+        qtbot.keyClick(name, Qt.Key.Key_Return)
+
+    QTimer.singleShot(300, type_name)
+    click(qtbot, shown._export_button)
+    labels = tifffile.imread(tmp_path / "cells_instances.tif")
+    np.testing.assert_array_equal(labels, shown.instances_layer.data)
+    with (tmp_path / "cells_types.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    ids = np.unique(labels)[1:]
+    assert [int(r["id"]) for r in rows] == ids.tolist()
+    assert {r["class_name"] for r in rows} == {"nucleus"}
+    shapes = json.loads((tmp_path / "cells.geojson").read_text())
+    assert sorted(f["properties"]["id"] for f in shapes["features"]) == ids.tolist()
+    assert "Exported" in shown._status.value
