@@ -892,20 +892,27 @@ class ScribbleRefineWidget(Container):
         )
         return layer
 
-    def _on_export(self) -> None:
-        """Ask for a file name prefix and export the shown nuclei (see :meth:`export`)."""
+    def _ask_file(self, title: str, name: str, suffixes: tuple[str, ...] = ()) -> str | None:
+        """Ask where to save (Qt's own dialog, which asks before replacing a file)."""
         from qtpy.QtWidgets import QFileDialog
 
-        image = self._image.value
-        if image is None:
-            return
-        dialog = QFileDialog(self.native, "Export nuclei (TIFF labels, CSV of types, GeoJSON)")
+        dialog = QFileDialog(self.native, title)
         dialog.setOption(QFileDialog.Option.DontUseNativeDialog)
         dialog.setAcceptMode(QFileDialog.AcceptMode.AcceptSave)
         dialog.setDirectory(str(Path.home()))
-        dialog.selectFile(f"{image.name}-nuclei")
-        if dialog.exec() and dialog.selectedFiles():
-            self.export(dialog.selectedFiles()[0])
+        if suffixes:
+            dialog.setNameFilter(f"{title} ({' '.join('*' + s for s in suffixes)})")
+            dialog.setDefaultSuffix(suffixes[0].lstrip("."))
+        dialog.selectFile(name)
+        return dialog.selectedFiles()[0] if dialog.exec() and dialog.selectedFiles() else None
+
+    def _on_export(self) -> None:
+        image = self._image.value
+        if image is not None:
+            path = self._ask_file("Export nuclei (TIFF labels, CSV of types, GeoJSON)",
+                                  f"{image.name}-nuclei")  # fmt: skip
+            if path:
+                self.export(path)
 
     def export(self, prefix: str | Path) -> list[Path] | None:
         """Write the shown nuclei: ``<prefix>_instances.tif``, ``_types.csv``, ``.geojson``.
@@ -938,22 +945,13 @@ class ScribbleRefineWidget(Container):
         return files
 
     def _on_save_model(self) -> None:
-        """Ask where to save the tuned model (Qt's own dialog, which asks before replacing)."""
-        from qtpy.QtWidgets import QFileDialog
-
         session = self._session
-        if session is None:
-            return
-        suffixes = session.model.save_suffixes
-        dialog = QFileDialog(self.native, "Save the tuned model")
-        dialog.setOption(QFileDialog.Option.DontUseNativeDialog)
-        dialog.setAcceptMode(QFileDialog.AcceptMode.AcceptSave)
-        dialog.setNameFilter(f"{session.model.save_format} ({' '.join('*' + s for s in suffixes)})")
-        dialog.setDefaultSuffix(suffixes[0].lstrip("."))
-        dialog.setDirectory(str(Path.home()))
-        dialog.selectFile(f"{Path(session.model.name).stem}-tuned{suffixes[0]}")
-        if dialog.exec() and dialog.selectedFiles():
-            self.save_model(dialog.selectedFiles()[0])
+        if session is not None:
+            suffixes = session.model.save_suffixes
+            name = f"{Path(session.model.name).stem}-tuned{suffixes[0]}"
+            path = self._ask_file("Save the tuned model", name, suffixes)
+            if path:
+                self.save_model(path)
 
     def save_model(self, path: str | Path) -> Path | None:
         """Save the open session's model as tuned now (replacing ``path``).
