@@ -823,16 +823,78 @@ class RefineSession:
         self._check_open()
         model = self.model
         target = check_target(model, path, overwrite)
-        labels = self.history_labels[1 : self.history_position + 1]
-        adapted = {
-            "from": model.name,
+        model.save(target, {"adapted": self._adapted()})
+        return target
+
+    def _adapted(self) -> dict[str, object]:
+        """Return what a saved or exported model records about its tuning."""
+        return {
+            "from": self.model.name,
             "by": f"napari-scribble-refine {_package_version()}",
             "image_shape": list(self.spatial_shape),
-            "steps": labels,
+            "steps": self.history_labels[1 : self.history_position + 1],
             "note": "the head was tuned to one image by its scribbles; check it on others",
         }
-        model.save(target, {"adapted": adapted})
-        return target
+
+    def export_bioimageio(
+        self,
+        path: str | os.PathLike,
+        *,
+        overwrite: bool = False,
+        license: str | None = None,  # noqa: A002 - the rdf's field name
+        authors: list[str] | None = None,
+    ) -> Path:
+        """Write the network with its head as tuned now as a bioimage.io package (``.zip``).
+
+        Built-in (same-padded HoVer-Net) models only, for now. The package runs in other
+        bioimage.io tools and ``load_model(path, allow_code=True)`` reads it back; see
+        :mod:`~napari_scribble_refine.core.models.bioimageio_export` for what it holds.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            Output ``.zip``.
+        overwrite : bool
+            Replace an existing file.
+        license : str, optional
+            SPDX identifier (default BSD-3-Clause; required when the weights carry a
+            condition without one, such as ``hovernet-he``'s research-use condition).
+        authors : list of str, optional
+            Author names for the package.
+
+        Returns
+        -------
+        Path
+            The package written.
+
+        Raises
+        ------
+        ValueError
+            For a model that cannot be exported, a bad path, or a missing licence.
+        ImportError
+            Without ``bioimageio.spec`` (the extra ``bioimageio``).
+        """
+        from .models.bioimageio_export import export_hovernet_package
+        from .models.hovernet_adapter import HoVerNetModel
+
+        self._check_open()
+        target = Path(path).expanduser()
+        if not isinstance(self.model, HoVerNetModel):
+            raise ValueError(
+                f"{self.model.name}: export_bioimageio writes HoVer-Net models only yet; "
+                "save_model writes this one in its own format"
+            )
+        if target.suffix.lower() != ".zip":
+            raise ValueError(f"{str(target)!r}: a bioimage.io package is a .zip; name it so")
+        if not target.parent.is_dir():
+            raise ValueError(f"{str(target)!r}: the folder does not exist; create it first")
+        if target.exists() and not overwrite:
+            raise ValueError(f"{str(target)!r} exists; pass overwrite=True to replace it")
+        image = self.image if not self.image_info.is_3d else self.image[0]
+        adapted = self._adapted()
+        return export_hovernet_package(
+            self.model, image, target, adapted, licence=license, authors=authors
+        )
 
     # ------------------------------------------------------------------ refinement
     def prepare_scribbles(

@@ -59,6 +59,15 @@ def _kind(module: nn.Module) -> str:
 
 
 # ---------------------------------------------------------------------- adapter
+def _saved_head(descr: Any) -> list[str] | None:
+    """Return the head a package exported by this plugin names in its rdf's config, if any."""
+    config = getattr(descr, "config", None)
+    extra = getattr(config, "model_extra", None) or {}
+    own = extra.get("napari_scribble_refine") if isinstance(extra, dict) else None
+    head = own.get("head") if isinstance(own, dict) else None
+    return [str(h) for h in head] if isinstance(head, list) and head else None
+
+
 class BioImageIOModel(PrefixedHead, SegmentationModel):
     """A bioimage.io model package, tuned through parameters chosen by name prefix.
 
@@ -172,7 +181,7 @@ class BioImageIOModel(PrefixedHead, SegmentationModel):
         runs_in = self._adopt_architecture(descr, package) if adopt else ""
         n_classes = self._probe(label)
         self.class_names = resolve_class_names(layout, class_names, n_classes, self.name)
-        self._prefixes, chosen = self._head(head)
+        self._prefixes, chosen = self._head(head if head is not None else _saved_head(descr))
         split = self._split()
         self.description = self._describe(descr, layout, fmt, notes, runs_in, chosen, split)
         warnings.warn(self.description, UserWarning, stacklevel=2)
