@@ -106,3 +106,24 @@ def test_other_models_and_bad_paths_are_refused(tmp_path, unet2, scene):
     assert torch.equal(
         RefineSession(load_model("hovernet-fluo"), image).logits(), session.logits()
     )  # exporting leaves the session's model as it was
+
+
+def test_the_command_line_exports_a_package(tmp_path, capsys):
+    import tifffile
+
+    from napari_scribble_refine.cli import main
+
+    sample = synthetic_fluorescence((96, 96), seed=43)
+    tifffile.imwrite(tmp_path / "img.tif", sample.image)
+    marks = np.zeros((96, 96), np.uint8)
+    marks[sample.types > 0] = 2
+    marks[::3] = 0
+    tifffile.imwrite(tmp_path / "scr.tif", marks)
+    args = ["refine", str(tmp_path / "img.tif"), str(tmp_path / "scr.tif"), "--no-progress"]
+    args += ["--out", str(tmp_path / "r"), "--export-bioimageio", str(tmp_path / "m.zip")]
+    assert main(args) == 0
+    assert "bioimage.io package" in capsys.readouterr().out
+    assert type(spec.load_description(tmp_path / "m.zip")).__name__ == "ModelDescr"
+    args[-1] = str(tmp_path / "m.yaml")  # refused before the work
+    assert main(args) == 2
+    assert "--export-bioimageio" in capsys.readouterr().err

@@ -293,6 +293,9 @@ def _refine(args: argparse.Namespace, progress: _Progress) -> None:
             check_target(session.model, args.save_model, overwrite=True)
         except ValueError as err:
             raise ValueError(f"--save-model: {err}") from err
+    package = Path(args.export_bioimageio).expanduser() if args.export_bioimageio else None
+    if package is not None and (package.suffix.lower() != ".zip" or not package.parent.is_dir()):
+        raise ValueError(f"--export-bioimageio {package}: give a .zip in an existing folder")
     result = _run_with_bar(session, scribbles, progress)
     print(result.message)
     _write(Path(f"{args.out}_classes.tif"), result.prediction.astype(np.uint8))
@@ -301,6 +304,9 @@ def _refine(args: argparse.Namespace, progress: _Progress) -> None:
     if args.save_model:
         saved = session.save_model(args.save_model, overwrite=True)
         print(f"saved the refined model to {saved}")
+    if package is not None:
+        session.export_bioimageio(package, overwrite=True, license=args.license)
+        print(f"exported the refined model as a bioimage.io package: {package}")
     for other in args.apply_to or []:
         target = RefineSession(
             session.model,
@@ -366,6 +372,17 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--no-region-growing", action="store_true")
             p.add_argument(
                 "--apply-to", nargs="*", help="more images to predict with the refined model"
+            )
+            p.add_argument(
+                "--export-bioimageio",
+                default=None,
+                metavar="ZIP",
+                help="export the refined built-in model as a bioimage.io package (replacing ZIP)",
+            )
+            p.add_argument(
+                "--license",
+                default=None,
+                help="SPDX licence of the exported package (needed for hovernet-he)",
             )
             p.add_argument(
                 "--save-model",
