@@ -12,7 +12,7 @@ from typing import Any
 
 from magicgui.widgets import CheckBox, Container, FloatSpinBox, PushButton, SpinBox
 
-from ._layers import class_colour_hex
+from ._layers import scribble_colour_hex
 from .core.config import RefineConfig
 
 
@@ -209,6 +209,12 @@ class RefineSettings(Container):
         )
 
 
+def _text_on(colour: str) -> str:
+    """Black or white, whichever reads better on a ``#rrggbb`` background."""
+    r, g, b = (int(colour[i : i + 2], 16) / 255 for i in (1, 3, 5))
+    return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
+
+
 class ClassPalette(Container):
     """One coloured, checkable button per class; clicking one chooses what the brush marks.
 
@@ -219,7 +225,7 @@ class ClassPalette(Container):
     """
 
     def __init__(self, on_select: Callable[[int], None]) -> None:
-        super().__init__(layout="horizontal", labels=False, label="Paint class")
+        super().__init__(layout="horizontal", labels=False, label="Brush")
         self.tooltip = "The class the brush, new points and new boxes mark."
         self._on_select = on_select
         self.selected = 1
@@ -236,10 +242,10 @@ class ClassPalette(Container):
         for index, name in enumerate(class_names):
             button = PushButton(text=name, tooltip=f"Paint '{name}' (scribble value {index + 1})")
             button.native.setCheckable(True)
-            colour = class_colour_hex(index)
+            colour = scribble_colour_hex(index)
             button.native.setStyleSheet(
                 f"QPushButton {{ border: 2px solid {colour}; padding: 2px 6px; }}"
-                f"QPushButton:checked {{ background-color: {colour}; color: black; }}"
+                f"QPushButton:checked {{ background-color: {colour}; color: {_text_on(colour)}; }}"
             )
             button.changed.connect(partial(self._clicked, index))
             self.append(button)

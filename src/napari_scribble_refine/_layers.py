@@ -34,11 +34,29 @@ CLASS_COLOURS = (
 """Colour of class ``c`` (index 0 = background); cycles after the last entry (skipping
 background)."""
 
+SCRIBBLE_COLOURS = (
+    "#00ff00",  # background strokes
+    "#ff0000",  # nucleus / first type
+    "#0000ff",
+    "#ff00ff",
+    "#8000ff",
+    "#804000",
+)
+"""Colour of a stroke (and a point or box) of class ``c``: saturated, and away from every
+prediction colour and from fluorescence's black and H&E's white, pink and purple, so that
+strokes stay visible over the image and the prediction; cycles after the last entry
+(skipping background)."""
+
 TRANSPARENT = np.zeros(4, dtype=np.float32)
 
 
+def _pick(palette: tuple[str, ...], index: int) -> np.ndarray:
+    hex_colour = palette[index if index < len(palette) else 1 + (index - 1) % (len(palette) - 1)]
+    return transform_color(hex_colour)[0].astype(np.float32)
+
+
 def class_colour(index: int) -> np.ndarray:
-    """RGBA colour of a class.
+    """RGBA colour of a class in the prediction and instance layers.
 
     Parameters
     ----------
@@ -50,15 +68,27 @@ def class_colour(index: int) -> np.ndarray:
     numpy.ndarray
         float32 RGBA in [0, 1].
     """
-    if index < len(CLASS_COLOURS):
-        hex_colour = CLASS_COLOURS[index]
-    else:
-        hex_colour = CLASS_COLOURS[1 + (index - 1) % (len(CLASS_COLOURS) - 1)]
-    return transform_color(hex_colour)[0].astype(np.float32)
+    return _pick(CLASS_COLOURS, index)
 
 
-def class_colour_hex(index: int) -> str:
-    """Colour of a class as ``#rrggbb`` (for Qt style sheets).
+def scribble_colour(index: int) -> np.ndarray:
+    """RGBA colour of a stroke, point or box of a class (see :data:`SCRIBBLE_COLOURS`).
+
+    Parameters
+    ----------
+    index : int
+        Class index, 0 = background.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 RGBA in [0, 1].
+    """
+    return _pick(SCRIBBLE_COLOURS, index)
+
+
+def scribble_colour_hex(index: int) -> str:
+    """Stroke colour of a class as ``#rrggbb`` (the palette's buttons).
 
     Parameters
     ----------
@@ -70,15 +100,15 @@ def class_colour_hex(index: int) -> str:
     str
         Hex colour.
     """
-    r, g, b, _ = (np.round(class_colour(index) * 255)).astype(int)
+    r, g, b, _ = (np.round(scribble_colour(index) * 255)).astype(int)
     return f"#{r:02x}{g:02x}{b:02x}"
 
 
 def _colormap(
-    value_classes: dict[int, int], unlisted: np.ndarray = TRANSPARENT
+    value_classes: dict[int, int], unlisted: np.ndarray = TRANSPARENT, colour=class_colour
 ) -> DirectLabelColormap:
     colours = {None: unlisted, 0: TRANSPARENT}
-    colours.update({int(v): class_colour(int(c)) for v, c in value_classes.items()})
+    colours.update({int(v): colour(int(c)) for v, c in value_classes.items()})
     return DirectLabelColormap(color_dict=colours)
 
 
@@ -95,7 +125,7 @@ def scribble_colormap(class_names: list[str]) -> DirectLabelColormap:
     DirectLabelColormap
         The colormap.
     """
-    return _colormap({c + 1: c for c in range(len(class_names))})
+    return _colormap({c + 1: c for c in range(len(class_names))}, colour=scribble_colour)
 
 
 def prediction_colormap(class_names: list[str]) -> DirectLabelColormap:
@@ -442,7 +472,7 @@ def mark_class(layer: Points | Shapes, index: int) -> None:
     index : int
         Class index (0 = background).
     """
-    colour = class_colour(index)
+    colour = scribble_colour(index)
     selected = sorted(layer.selected_data)
     if selected:
         features = layer.features.copy()

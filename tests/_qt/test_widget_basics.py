@@ -55,8 +55,21 @@ def test_new_scribbles_matches_image_and_classes(viewer_with_image, qtbot):
     names = widget.class_names
     assert names[0] == "background"
     for c in range(len(names)):
-        np.testing.assert_allclose(layer.colormap.map(c + 1), _layers.class_colour(c))
+        np.testing.assert_allclose(layer.colormap.map(c + 1), _layers.scribble_colour(c))
     assert list(layer.features["class"]) == ["unpainted", *names]
+
+
+def test_strokes_stand_out_from_the_prediction_and_the_image():
+    """Stroke colours differ from every prediction colour, each other and common images."""
+    backgrounds = [(0, 0, 0), (1, 1, 1), (0.93, 0.6, 0.8), (0.35, 0.2, 0.55)]  # black, white,
+    # eosin pink, haematoxylin purple: fluorescence and H&E images
+    strokes = [_layers.scribble_colour(c)[:3] for c in range(6)]
+    predicted = [_layers.class_colour(c)[:3] for c in range(len(_layers.CLASS_COLOURS))]
+    for c, stroke in enumerate(strokes):
+        assert min(np.linalg.norm(stroke - p) for p in predicted) >= 0.4, c
+        assert min(np.linalg.norm(stroke - np.array(b)) for b in backgrounds) >= 0.5, c
+        others = [np.linalg.norm(stroke - o) for i, o in enumerate(strokes) if i != c]
+        assert min(others) >= 0.45, c
 
 
 def test_palette_sets_brush(viewer_with_image):

@@ -33,9 +33,9 @@ def test_predict_shows_classes_and_instances(docked):
     assert set(np.unique(prediction.data)) <= {0, 1}
     assert docked._status.value == "Prediction ready"
     assert docked.viewer.status == "Scribble Refine: Prediction ready"
-    # class colours agree between the prediction and the scribble palette
+    # strokes stand out from the prediction: a class's stroke colour is not its fill
     scribbles = docked.new_scribbles()
-    np.testing.assert_allclose(prediction.colormap.map(1), scribbles.colormap.map(2))
+    assert np.linalg.norm(prediction.colormap.map(1) - scribbles.colormap.map(2)) > 0.4
     assert scribbles.selected_label == 2  # the brush starts on the first nucleus class
     assert docked._refine_button.enabled and not docked._cancel_button.enabled
     assert not docked._undo_button.enabled
@@ -133,8 +133,8 @@ def test_points_and_boxes_join_scribbles(docked, fluo_sample, qtbot):
     boxes.add_rectangles([[ys.min(), xs.min()], [ys.max(), xs.max()]])
     assert list(points.features["class"]) == [0, 0]
     assert list(boxes.features["class"]) == [1]
-    np.testing.assert_allclose(points.face_color[0], _layers.class_colour(0))
-    np.testing.assert_allclose(boxes.edge_color[0], _layers.class_colour(1))
+    np.testing.assert_allclose(points.face_color[0], _layers.scribble_colour(0))
+    np.testing.assert_allclose(boxes.edge_color[0], _layers.scribble_colour(1))
     # selecting a point and clicking a class relabels it
     points.selected_data = {1}
     docked.select_class(1)
