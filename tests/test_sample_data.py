@@ -4,7 +4,7 @@ import sys
 import numpy as np
 import pytest
 
-from napari_scribble_refine import _sample_data
+from napari_scribble_refine._napari import _sample_data
 
 
 def _check_tuples(tuples):
@@ -48,13 +48,14 @@ def test_manifest_lists_the_sample_data():
     assert set(keys) >= {"synthetic_fluorescence", "synthetic_he", "ihc"}
     for command in keys.values():
         module, func = commands[command].split(":")
-        assert module == "napari_scribble_refine._sample_data"
+        assert module == "napari_scribble_refine._napari._sample_data"
         assert callable(getattr(_sample_data, func))
 
 
 def test_sample_data_module_does_not_import_napari():
     code = (
-        "import sys; import napari_scribble_refine._sample_data as s; s.make_synthetic_he(); "
+        "import sys; import napari_scribble_refine._napari._sample_data as s; "
+        "s.make_synthetic_he(); "
         "assert 'napari' not in sys.modules, 'napari imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

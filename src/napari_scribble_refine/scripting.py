@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     import napari
     from napari.layers import Image, Labels
 
-    from ._widget import ScribbleRefineWidget
+    from ._napari._widget import ScribbleRefineWidget
 
 PLUGIN = "napari-scribble-refine"
 WIDGET = "Scribble Refine"

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from napari.layers import Labels
 
-from napari_scribble_refine import _layers
-from napari_scribble_refine._widget import ScribbleRefineWidget
+from napari_scribble_refine._napari import _layers
+from napari_scribble_refine._napari._widget import ScribbleRefineWidget
 from napari_scribble_refine.scripting import PLUGIN, WIDGET
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from _qt_helpers import click, press, truth_scribbles
 
-from napari_scribble_refine import _layers
+from napari_scribble_refine._napari import _layers
 from napari_scribble_refine.core import RefineConfig, RefineSession, load_model
 from napari_scribble_refine.core.synthetic import synthetic_he
 from napari_scribble_refine.scripting import open_widget
@@ -215,7 +215,7 @@ def test_3d_stack_scribbles_on_any_slice(make_napari_viewer, fluo_model, fluo_sa
 
 def test_shortcuts_run_predict_refine_undo_redo_and_commit(shown, fluo_sample, qtbot):
     """Real key presses: on the canvas, and on the docked widget (napari forwards them)."""
-    from napari_scribble_refine._widget import SHORTCUTS
+    from napari_scribble_refine._napari._widget import SHORTCUTS
 
     assert set(SHORTCUTS) == {"predict", "refine", "undo", "redo", "commit"}
     canvas = shown.viewer.window._qt_viewer.canvas.native

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from _qt_helpers import click, truth_scribbles
 
-from napari_scribble_refine import _widget
+from napari_scribble_refine._napari import _widget
 from napari_scribble_refine.core.synthetic import synthetic_he
 from napari_scribble_refine.scripting import PLUGIN, WIDGET
 
@@ -115,7 +115,7 @@ def test_closing_mid_refinement_stops_the_worker(docked, fluo_sample, qtbot):
 
 def test_a_quit_worker_closes_its_task_in_the_worker_thread(qtbot):
     """napari quits running workers when its window closes; the task must still finish."""
-    from napari_scribble_refine._workers import TaskRunner
+    from napari_scribble_refine._napari._workers import TaskRunner
 
     closed_in: list[bool] = []
 

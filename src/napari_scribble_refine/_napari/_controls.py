@@ -12,8 +12,8 @@ from typing import Any
 
 from magicgui.widgets import CheckBox, Container, FloatSpinBox, PushButton, SpinBox
 
+from ..core.config import RefineConfig
 from ._layers import scribble_colour_hex
-from .core.config import RefineConfig
 
 
 class RefineSettings(Container):

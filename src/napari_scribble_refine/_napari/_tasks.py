@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from .core.config import RefineConfig
-from .core.scribbles import boxes_to_scribbles, merge_scribbles, points_to_scribbles
+from ..core.config import RefineConfig
+from ..core.scribbles import boxes_to_scribbles, merge_scribbles, points_to_scribbles
 
 
 @dataclass
@@ -127,7 +127,7 @@ def load_model(spec: str, allow_code: bool = False) -> Any:
     SegmentationModel
         The loaded model (on the CPU; the session moves it to its device).
     """
-    from .core.models.registry import load_model as registry_load
+    from ..core.models.registry import load_model as registry_load
 
     return registry_load(spec, allow_code=allow_code)
 
@@ -151,7 +151,7 @@ def start_session(model: Any, image: np.ndarray, rgb: bool, config: RefineConfig
     RefineSession
         The session.
     """
-    from .core.session import RefineSession
+    from ..core.session import RefineSession
 
     return RefineSession(model, image, rgb=rgb, config=config)
 

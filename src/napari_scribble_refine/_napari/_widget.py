@@ -28,14 +28,14 @@ from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QEvent, QObject
 
+from ..core.config import RefineConfig
+from ..core.images import validate_image
+from ..core.models.registry import available_models, default_model, is_torchscript
+from ..core.scribbles import validate_scribbles
+from ..instance_files import write_instances
 from . import _layers, _tasks
 from ._controls import ClassPalette, RefineSettings
 from ._workers import Failed, TaskRunner, Throttle
-from .core.config import RefineConfig
-from .core.images import validate_image
-from .core.models.registry import available_models, default_model, is_torchscript
-from .core.scribbles import validate_scribbles
-from .instance_files import write_instances
 
 if TYPE_CHECKING:
     import napari

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .core.synthetic import synthetic_fluorescence, synthetic_he
+from ..core.synthetic import synthetic_fluorescence, synthetic_he
 
 LayerDataTuple = tuple[Any, dict[str, Any], str]
 
