@@ -38,6 +38,7 @@ def test_predict_shows_classes_and_instances(docked):
     assert np.linalg.norm(prediction.colormap.map(1) - scribbles.colormap.map(2)) > 0.4
     assert scribbles.selected_label == 2  # the brush starts on the first nucleus class
     assert docked._refine_button.enabled and not docked._cancel_button.enabled
+    assert not docked._reset_button.enabled  # nothing to reset right after Predict
     assert not docked._undo_button.enabled
 
 

@@ -1176,7 +1176,8 @@ class ScribbleRefineWidget(Container):
         self._cancel_button.enabled = busy and self._runner.name == "refining"
         self._undo_button.enabled = not busy and bool(session is not None and session.can_undo)
         self._redo_button.enabled = not busy and bool(session is not None and session.can_redo)
-        self._reset_button.enabled = not busy and session is not None
+        changed = session is not None and session.history_position > 0
+        self._reset_button.enabled = not busy and changed  # nothing to reset after Predict
         self._add_class_button.enabled = not busy and session is not None
         shown = self._types.get(_key(self._image.value)) is not None and bool(self.instances_layer)
         self._commit_button.enabled = not busy and shown
