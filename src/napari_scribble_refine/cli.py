@@ -30,7 +30,7 @@ from .core.metrics import dice, per_class_dice
 from .core.models.base import SegmentationModel
 from .core.models.bioimageio_package import is_bioimageio_source
 from .core.models.registry import default_model, is_torchscript
-from .core.models.saving import check_target, saved_settings
+from .core.models.saving import check_path, check_target, saved_settings
 from .core.robot import RobotUser
 from .core.synthetic import synthetic_fluorescence, synthetic_he
 from .instance_files import write_instances
@@ -293,9 +293,12 @@ def _refine(args: argparse.Namespace, progress: _Progress) -> None:
             check_target(session.model, args.save_model, overwrite=True)
         except ValueError as err:
             raise ValueError(f"--save-model: {err}") from err
-    package = Path(args.export_bioimageio).expanduser() if args.export_bioimageio else None
-    if package is not None and (package.suffix.lower() != ".zip" or not package.parent.is_dir()):
-        raise ValueError(f"--export-bioimageio {package}: give a .zip in an existing folder")
+    package = None
+    if args.export_bioimageio:
+        try:
+            package = check_path(args.export_bioimageio, (".zip",), "a bioimage.io package", True)
+        except ValueError as err:
+            raise ValueError(f"--export-bioimageio: {err}") from err
     result = _run_with_bar(session, scribbles, progress)
     print(result.message)
     _write(Path(f"{args.out}_classes.tif"), result.prediction.astype(np.uint8))

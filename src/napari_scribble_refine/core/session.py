@@ -43,7 +43,7 @@ from .memory import (
     session_need,
 )
 from .models.base import SegmentationModel
-from .models.saving import check_target
+from .models.saving import check_path, check_target
 from .optimiser import Adam
 from .postprocess import instance_types, type_by_instance
 from .prediction import class_map_of, head_pieces
@@ -878,22 +878,15 @@ class RefineSession:
         from .models.hovernet_adapter import HoVerNetModel
 
         self._check_open()
-        target = Path(path).expanduser()
         if not isinstance(self.model, HoVerNetModel):
             raise ValueError(
                 f"{self.model.name}: export_bioimageio writes HoVer-Net models only yet; "
                 "save_model writes this one in its own format"
             )
-        if target.suffix.lower() != ".zip":
-            raise ValueError(f"{str(target)!r}: a bioimage.io package is a .zip; name it so")
-        if not target.parent.is_dir():
-            raise ValueError(f"{str(target)!r}: the folder does not exist; create it first")
-        if target.exists() and not overwrite:
-            raise ValueError(f"{str(target)!r} exists; pass overwrite=True to replace it")
+        target = check_path(path, (".zip",), "a bioimage.io package", overwrite)
         image = self.image if not self.image_info.is_3d else self.image[0]
-        adapted = self._adapted()
         return export_hovernet_package(
-            self.model, image, target, adapted, licence=license, authors=authors
+            self.model, image, target, self._adapted(), licence=license, authors=authors
         )
 
     # ------------------------------------------------------------------ refinement

@@ -28,6 +28,7 @@ __all__ = [
     "CUSTOM_NORMALISE",
     "SETTINGS_FILE",
     "STATE_DICT_FORMAT",
+    "check_path",
     "check_target",
     "read_state_dict",
     "save_state_dict",
@@ -65,8 +66,7 @@ def check_target(model: Any, path: str | Path, overwrite: bool) -> Path:
     Raises
     ------
     ValueError
-        For a model that cannot be saved, another suffix, a missing folder, or an existing
-        file without ``overwrite``.
+        For a model that cannot be saved, or as :func:`check_path`.
     """
     suffixes = tuple(model.save_suffixes)
     if not suffixes:
@@ -74,11 +74,38 @@ def check_target(model: Any, path: str | Path, overwrite: bool) -> Path:
             f"{model.name}: a tuned {type(model).__name__} cannot be saved yet; models that "
             "can: HoVer-Net (built-in, checkpoints), TorchScript files, torch.nn.Module"
         )
+    return check_path(path, suffixes, model.save_format, overwrite)
+
+
+def check_path(path: str | Path, suffixes: tuple[str, ...], what: str, overwrite: bool) -> Path:
+    """Check a file to write, before anything is written.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file.
+    suffixes : tuple of str
+        Suffixes the format takes (lower case, with the dot); the first is suggested.
+    what : str
+        The format, in words.
+    overwrite : bool
+        Whether an existing file may be replaced.
+
+    Returns
+    -------
+    Path
+        The path, with ``~`` expanded.
+
+    Raises
+    ------
+    ValueError
+        For another suffix, a missing folder, or an existing file without ``overwrite``.
+    """
     target = Path(path).expanduser()
     if target.suffix.lower() not in suffixes:
         raise ValueError(
-            f"{str(target)!r}: this model is saved as {model.save_format}; give a file name "
-            f"ending in {' or '.join(suffixes)} (e.g. {target.with_suffix(suffixes[0]).name!r})"
+            f"{str(target)!r}: this model is saved as {what}; give a file name ending in "
+            f"{' or '.join(suffixes)} (e.g. {target.with_suffix(suffixes[0]).name!r})"
         )
     if not target.parent.is_dir():
         raise ValueError(
