@@ -447,3 +447,39 @@ def test_commit_and_export_keep_the_nuclei(shown, fluo_sample, qtbot, tmp_path):
     shapes = json.loads((tmp_path / "cells.geojson").read_text())
     assert sorted(f["properties"]["id"] for f in shapes["features"]) == ids.tolist()
     assert "Exported" in shown._status.value
+
+
+def test_apply_to_others_predicts_them_with_the_tuned_model(make_napari_viewer, fluo_model, qtbot):
+    """The tuned model reaches the other grey images; an RGB one and refined work are kept."""
+    from napari_scribble_refine.core.synthetic import synthetic_fluorescence
+
+    viewer = make_napari_viewer(show=True)
+    samples = {n: synthetic_fluorescence((96, 96), seed=s) for n, s in (("a", 7), ("b", 8))}
+    for name, sample in samples.items():
+        viewer.add_image(sample.image, name=name)
+    viewer.add_image(synthetic_he((64, 64), seed=9).image, name="he", rgb=True)
+    widget = open_widget(viewer, image="a", model=fluo_model, device="cpu")
+    widget.configure(iterations=20, region_growing=False)
+    click(qtbot, widget._predict_button, widget)
+    assert not widget._apply_button.enabled  # nothing tuned yet
+    widget.new_scribbles().data = truth_scribbles(samples["a"].types, every=4)
+    click(qtbot, widget._refine_button, widget)
+    click(qtbot, widget._apply_button, widget)
+    expected = RefineSession(widget.session.model, samples["b"].image, RefineConfig()).predict()
+    pretrained = RefineSession(load_model(fluo_model), samples["b"].image).predict()
+    np.testing.assert_array_equal(viewer.layers["b prediction"].data, expected)
+    assert not np.array_equal(expected, pretrained)  # the tuned head, not the shipped one
+    assert "Applied the tuned model to b" in widget._status.value
+    assert "not applied to he" in widget._status.value
+    assert "he prediction" not in [layer.name for layer in viewer.layers]
+    # b now has a session of its own, starting from the tuned model; refine it there ...
+    widget.configure(image="b")
+    assert widget.session is not None and widget.session.history_position == 0
+    widget.new_scribbles().data = truth_scribbles(samples["b"].types, every=4)
+    click(qtbot, widget._refine_button, widget)
+    refined_b = viewer.layers["b prediction"].data.copy()
+    widget.configure(image="a")  # ... and a second Apply leaves b's work alone
+    click(qtbot, widget._apply_button)
+    assert "b kept its own refinements" in widget._status.value
+    assert not widget.busy
+    np.testing.assert_array_equal(viewer.layers["b prediction"].data, refined_b)

@@ -193,6 +193,33 @@ def predict(
     return _outcome(session, "Prediction ready")
 
 
+def apply_to(
+    model: Any, images: list[tuple[np.ndarray, bool]], config: RefineConfig
+) -> list[Outcome]:
+    """Open a session with (a copy of) a tuned model on each image and predict.
+
+    Parameters
+    ----------
+    model : SegmentationModel
+        The tuned model (each session copies it; its pre-trained state is this one).
+    images : list of (numpy.ndarray, bool)
+        Private copies of the images and whether each is RGB.
+    config : RefineConfig
+        Refinement settings.
+
+    Returns
+    -------
+    list of Outcome
+        One per image, in order.
+    """
+    outcomes = []
+    for image, rgb in images:
+        session = start_session(model, image, rgb, config)
+        session.predict()
+        outcomes.append(_outcome(session, "Prediction with the tuned model"))
+    return outcomes
+
+
 def refine(
     session: Any | None,
     make_session: Callable[[], Any],

@@ -209,6 +209,11 @@ class ScribbleRefineWidget(Container):
             text="Export…",
             tooltip="Write the nuclei as TIFF labels, a CSV of types and GeoJSON polygons.",
         )
+        self._apply_button = PushButton(
+            text="Apply to others",
+            tooltip="Predict the other open images with the tuned model; each keeps its own "
+            "session to refine further.",
+        )
         self._save_model_button = PushButton(
             text="Save model…",
             tooltip="Save the tuned model to a file; Model > From file… loads it again.",
@@ -233,7 +238,8 @@ class ScribbleRefineWidget(Container):
                 self._settings,
                 row(self._predict_button, self._refine_button, self._cancel_button),
                 row(self._undo_button, self._redo_button, self._reset_button),
-                row(self._commit_button, self._export_button, self._save_model_button),
+                row(self._commit_button, self._export_button),
+                row(self._save_model_button, self._apply_button),
                 self._status,
             ]
         )
@@ -259,6 +265,7 @@ class ScribbleRefineWidget(Container):
         self._reset_button.changed.connect(lambda: self.reset_model())
         self._add_class_button.changed.connect(lambda: self.add_class())
         self._save_model_button.changed.connect(self._on_save_model)
+        self._apply_button.changed.connect(lambda: self.apply_to_others())
         self._commit_button.changed.connect(lambda: self.commit())
         self._export_button.changed.connect(self._on_export)
         for action, key in SHORTCUTS.items():
@@ -979,6 +986,76 @@ class ScribbleRefineWidget(Container):
         self._set_status(f"Saved the tuned model to {saved.name}; Model > From file… loads it.")
         return saved
 
+    def _other_images(self) -> list[Image]:
+        current = self._image.value
+        return [
+            layer
+            for layer in self._viewer.layers
+            if isinstance(layer, Image) and _key(layer) != _key(current)
+        ]
+
+    def apply_to_others(self, wait: bool = False) -> Any:
+        """Predict every other open image with the tuned model (background task).
+
+        Each image gets its own session, which starts from the tuned model (Reset model
+        returns there) and its own output layers; images the model cannot take, and images
+        with refinements of their own, are named in the status line and left alone.
+
+        Parameters
+        ----------
+        wait : bool
+            Block (processing Qt events) until the predictions are shown.
+
+        Returns
+        -------
+        worker or None
+            The thread worker, or None when there was nothing to apply.
+        """
+        session = self._session
+        if session is None or session.history_position == 0:
+            show_info("Refine first: Apply to others uses the tuned model")
+            return None
+        targets, inputs, skipped, kept = [], [], [], []
+        for layer in self._other_images():
+            own = self._session_of(layer)
+            if own is not None and own.history_position > 0:
+                kept.append(layer.name)  # never replace work done on that image
+                continue
+            image, rgb = _layers.image_array(layer)
+            try:
+                info = validate_image(image, rgb=rgb, name=f"Image '{layer.name}'")
+            except (ValueError, TypeError):
+                skipped.append(layer.name)
+                continue
+            if (3 if info.is_rgb else 1) != session.model.in_channels:
+                skipped.append(layer.name)
+                continue
+            targets.append(layer)
+            inputs.append((np.array(image, copy=True), rgb))
+        note = f"; not applied to {', '.join(skipped)} (another kind of image)" if skipped else ""
+        if kept:
+            note += (
+                f"; {', '.join(kept)} kept {'its' if len(kept) == 1 else 'their'} own refinements"
+            )
+        if not targets:
+            self._set_status(f"No other image to apply the tuned model to{note}")
+            show_info(self._status.value)
+            return None
+
+        def show(outcomes: list[_tasks.Outcome]) -> None:
+            for layer, outcome in zip(targets, outcomes, strict=True):
+                self._show_outcome(layer, outcome)
+            names = ", ".join(layer.name for layer in targets)
+            self._set_status(f"Applied the tuned model to {names}{note}")
+
+        config = self.config()
+        return self._start(
+            "applying the tuned model",
+            partial(_tasks.apply_to, session.model, inputs, config),
+            on_result=show,
+            wait=wait,
+        )
+
     def add_class(
         self, name: str | None = None, init_from: int | None = None, wait: bool = False
     ) -> Any:
@@ -1184,6 +1261,7 @@ class ScribbleRefineWidget(Container):
         self._export_button.enabled = not busy and shown
         savable = session is not None and bool(session.model.save_suffixes)
         self._save_model_button.enabled = not busy and savable
+        self._apply_button.enabled = not busy and changed and bool(self._other_images())
         for widget in (self._image, self._model_choice, self._device):
             widget.enabled = not busy
 
