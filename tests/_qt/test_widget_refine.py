@@ -68,6 +68,9 @@ def test_refine_updates_live_and_is_undoable(shown, fluo_sample, qtbot):
     shown.wait()
     result = shown.last_outcome.result
     assert result is not None and result.iterations >= 10
+    bar = shown._progress_bar  # in the widget, beside Cancel
+    assert bar.max == 150 and bar.value == result.iterations
+    assert bar.native.parent() is shown._cancel_button.native.parent()
     previews = [steps[key] for key in sorted(steps)]  # in step order, the final one last
     assert len(previews) >= 3 and shown.live_updates >= 1
     assert len(seen) == shown.live_updates + 1  # the live updates, then the result

@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, Label, LineEdit, PushButton
+from magicgui.widgets import ComboBox, Container, Label, LineEdit, ProgressBar, PushButton
 from napari.layers import Image, Labels, Points, Shapes
-from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QEvent, QObject
 
@@ -110,7 +109,6 @@ class ScribbleRefineWidget(Container):
         self._task_image: Image | None = None  # the image the running task works on
         self._model_file: str | None = None
         self._class_names = list(DEFAULT_CLASSES)
-        self._progress: progress | None = None
         self.last_outcome: _tasks.Outcome | None = None
         self._closed = False
         self._reload_wanted = False
@@ -218,6 +216,8 @@ class ScribbleRefineWidget(Container):
             text="Save model…",
             tooltip="Save the tuned model to a file; Model > From file… loads it again.",
         )
+        self._progress_bar = ProgressBar(value=0, min=0, max=1)
+        self._progress_bar.tooltip = "Refinement steps taken of the most (Iterations)."
         self._status = Label(value="Choose an image, then Predict.")
         self._status.tooltip = "What the widget is doing."
 
@@ -236,7 +236,8 @@ class ScribbleRefineWidget(Container):
                 self._model_choice,
                 self._device,
                 self._settings,
-                row(self._predict_button, self._refine_button, self._cancel_button),
+                row(self._predict_button, self._refine_button),
+                row(self._progress_bar, self._cancel_button),
                 row(self._undo_button, self._redo_button, self._reset_button),
                 row(self._commit_button, self._export_button),
                 row(self._save_model_button, self._apply_button),
@@ -787,7 +788,8 @@ class ScribbleRefineWidget(Container):
         config = self.config()
         self._live.discard()
         self._live.delivered = 0
-        self._progress = progress(total=config.max_iterations, desc="Refine")
+        self._progress_bar.max = config.max_iterations
+        self._progress_bar.value = 0
         work = _tasks.refine(session, make_session, feedback, config, self._runner.cancelled)
         self._task_image = image  # live previews go to this image's layer
         return self._start(
@@ -1150,9 +1152,6 @@ class ScribbleRefineWidget(Container):
                 self._live.discard()
             else:
                 self._live.flush()
-            if self._progress is not None:
-                self._progress.close()
-                self._progress = None
         if not self._closed:
             self._update_buttons()
             if not busy and self._reload_wanted:
@@ -1163,20 +1162,13 @@ class ScribbleRefineWidget(Container):
         show_error(failed.message)
 
     def _on_step(self, step: Any) -> None:
-        # Show the step before touching the progress bar: napari's bar processes Qt events
-        # when it changes, so later steps (even the task's result) can be handled inside
-        # its update. Shown first, this step never replaces a later one on screen.
         self._set_status(
             f"Iteration {step.iteration}: loss {step.loss:.3g}, "
             f"{step.violations} scribbled pixels still wrong"
         )
         if step.prediction is not None:
             self._live.push(step.prediction)
-        bar = self._progress
-        if bar is not None:
-            bar.update(max(0, step.iteration - bar.n))
-        if bar is not None and bar is self._progress:
-            bar.set_description(f"Refine: loss {step.loss:.3g}, {step.violations} wrong")
+        self._progress_bar.value = min(step.iteration, self._progress_bar.max)
 
     def _show_live_prediction(self, prediction: np.ndarray) -> None:
         if self._closed:  # before touching a control: they may be deleted already
@@ -1301,9 +1293,6 @@ class ScribbleRefineWidget(Container):
         self._closed = True
         self._runner.stop()
         self._live.discard()
-        if self._progress is not None:
-            self._progress.close()
-            self._progress = None
         for key in SHORTCUTS.values():
             self._viewer.bind_key(key, None)
         self._watch_brush(None)
