@@ -160,3 +160,18 @@ def test_model_follows_the_image_until_the_user_picks_one(make_napari_viewer, qt
     widget._image.value = viewer.layers["grey"]
     assert widget._model_choice.value == "hovernet-he"  # ... stays
     widget.wait(60)
+
+
+def test_the_brush_suits_the_nuclei_found(docked):
+    """New scribbles get a brush a third of the predicted nuclei's median width."""
+    from skimage.draw import disk
+
+    labels = np.zeros((100, 100), np.int32)
+    for i, (y, x) in enumerate([(20, 20), (20, 60), (60, 20), (60, 60)], start=1):
+        labels[disk((y, x), 9)] = i  # 18 px wide
+    assert _layers.brush_size_for(labels) == 6
+    assert _layers.brush_size_for(None) == _layers.brush_size_for(labels * 0) == 5
+    docked.predict(wait=True)
+    layer = docked.new_scribbles()
+    expected = _layers.brush_size_for(docked.instances_layer.data)
+    assert layer.brush_size == expected and f"Brush {expected} px" in docked._status.value

@@ -525,7 +525,19 @@ class ScribbleRefineWidget(Container):
         napari.layers.Labels or None
             The new layer (None without an image).
         """
-        return self._new_layer(_layers.add_scribble_layer, self._scribbles)
+        brush = _layers.brush_size_for(self._shown_labels())
+
+        def add(viewer: Any, image: Image, class_names: list[str]) -> Labels:
+            return _layers.add_scribble_layer(viewer, image, class_names, brush_size=brush)
+
+        layer = self._new_layer(add, self._scribbles)
+        if layer is not None and self.instances_layer is not None:
+            self._set_status(f"Brush {brush} px: a third of the nuclei's median width")
+        return layer
+
+    def _shown_labels(self) -> np.ndarray | None:
+        layer = self.instances_layer
+        return None if layer is None else np.asarray(layer.data)
 
     def new_points(self, *_: Any) -> Points | None:
         """Add an empty Points layer whose points mark the brush class.
