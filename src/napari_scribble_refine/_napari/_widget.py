@@ -605,9 +605,9 @@ class ScribbleRefineWidget(Container):
 
             path, _ = QFileDialog.getOpenFileName(
                 self.native,
-                "Model checkpoint or TorchScript file",
+                "Model file (checkpoint, TorchScript, bioimage.io package)",
                 "",
-                "Models (*.pt *.pth *.ts *.safetensors *.ckpt);;All files (*)",
+                "Models (*.pt *.pth *.ts *.safetensors *.ckpt *.tar *.zip *.yaml);;All files (*)",
             )
             if path:
                 self.set_model_file(path)
