@@ -28,11 +28,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .bioimageio_layout import preprocess
+
 __all__ = ["ClassScores", "export_hovernet_package"]
 
 _MIN_SIDE = 64
 _TEST_SIDE = 256
 _HALO = 16
+_AXES = {"batch": 0, "y": 1, "x": 2, "channel": 3}
 _HOVERNET_CITATION = {
     "text": "Graham et al., HoVer-Net: Simultaneous segmentation and classification of "
     "nuclei in multi-tissue histology images, Medical Image Analysis 2019",
@@ -209,10 +212,11 @@ def export_hovernet_package(
     low, high = float(norm.get("low", 1.0)), float(norm.get("high", 99.8))
     if norm["kind"] != "percentile":
         raise ValueError(f"{model.name}: only percentile normalisation exports yet")
-    red = tuple(range(1, raw.ndim))
-    lo = np.percentile(raw, low, axis=red, keepdims=True)
-    hi = np.percentile(raw, high, axis=red, keepdims=True)
-    x = torch.from_numpy(((raw - lo) / (hi - lo + 1e-6)).astype(np.float32))
+    scaling = {"axes": ["channel", "y", "x"], "min_percentile": low, "max_percentile": high}
+    steps = [("ensure_dtype", {"dtype": "float32"}), ("scale_range", scaling)]
+    # the loader's own preprocessing, so the test output is what a reader computes
+    normalised = preprocess(raw.transpose(0, 2, 3, 1), steps, _AXES).transpose(0, 3, 1, 2)
+    x = torch.from_numpy(np.ascontiguousarray(normalised, dtype=np.float32))
     scores_net = ClassScores(net, model.typed).eval()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -252,17 +256,7 @@ def export_hovernet_package(
                         {"type": "space", "id": "x", "size": space},
                     ],
                     "test_tensor": {"source": "test_input.npy"},
-                    "preprocessing": [
-                        {"id": "ensure_dtype", "kwargs": {"dtype": "float32"}},
-                        {
-                            "id": "scale_range",
-                            "kwargs": {
-                                "axes": ["channel", "y", "x"],
-                                "min_percentile": low,
-                                "max_percentile": high,
-                            },
-                        },
-                    ],
+                    "preprocessing": [{"id": op, "kwargs": kw} for op, kw in steps],
                 }
             ],
             "outputs": [
