@@ -255,3 +255,24 @@ class SegmentationModel(ABC):
             elif isinstance(current, torch.Tensor):
                 owner._buffers[attr] = value.clone().to(current.device)
         self.class_names = list(state["class_names"])
+
+
+class BatchedFeatures:
+    """``features`` for adapters that prepare images in batches (their ``features_batch``)."""
+
+    def features(self, image: np.ndarray, *, normalised: bool = False) -> Features:
+        """Run the frozen trunk on one 2D image: ``features_batch`` of a batch of one.
+
+        Parameters
+        ----------
+        image : numpy.ndarray
+            (Y, X) or (Y, X, C); not modified.
+        normalised : bool
+            True when ``image`` has already been through ``normalise_image``.
+
+        Returns
+        -------
+        Features
+            As ``features_batch`` returns them, each tensor [1, F, Y, X].
+        """
+        return self.features_batch([image], normalised=normalised)  # type: ignore[attr-defined]

@@ -29,7 +29,7 @@ from torch import nn
 
 from ._grow import check_new_class, format_names
 from ._prepare import input_batch
-from .base import Features, SegmentationModel
+from .base import BatchedFeatures, Features, SegmentationModel
 from .bioimageio_layout import (
     Layout,
     Network,
@@ -68,7 +68,7 @@ def _saved_head(descr: Any) -> list[str] | None:
     return [str(h) for h in head] if isinstance(head, list) and head else None
 
 
-class BioImageIOModel(PrefixedHead, SegmentationModel):
+class BioImageIOModel(PrefixedHead, BatchedFeatures, SegmentationModel):
     """A bioimage.io model package, tuned through parameters chosen by name prefix.
 
     Parameters
@@ -445,23 +445,6 @@ class BioImageIOModel(PrefixedHead, SegmentationModel):
             If the image's channels do not match the network's.
         """
         return preprocess_image(image, self.in_channels, self.preprocessing, self._axis_index)
-
-    def features(self, image: np.ndarray, *, normalised: bool = False) -> Features:
-        """Prepare one 2D image (the network cannot be split, so nothing is cached).
-
-        Parameters
-        ----------
-        image : numpy.ndarray
-            (Y, X) or (Y, X, C); not modified.
-        normalised : bool
-            True when ``image`` has already been through :meth:`normalise_image`.
-
-        Returns
-        -------
-        Features
-            ``{"input": [1, C, Y, X]}``.
-        """
-        return self.features_batch([image], normalised=normalised)
 
     def features_batch(self, images: Sequence[np.ndarray], *, normalised: bool = False) -> Features:
         """Prepare several 2D images of one size as one batch.

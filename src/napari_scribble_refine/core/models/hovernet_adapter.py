@@ -47,7 +47,7 @@ from torch import nn
 from ..hovernet_postprocess import hv_instances, instance_info
 from ._grow import check_new_class, grow_output_layer
 from ._prepare import PERCENTILES, to_input_tensor, working_float
-from .base import Features, SegmentationModel
+from .base import BatchedFeatures, Features, SegmentationModel
 from .hovernet import HoVerNet
 from .hovernet_checkpoint import LoadedHoVerNet, save_hovernet_safetensors
 
@@ -168,7 +168,7 @@ def _scale(data: np.ndarray, low: float, high: float) -> np.ndarray:
     return ((data - kind(low)) * kind(scale)).astype(np.float32, copy=False)
 
 
-class HoVerNetModel(SegmentationModel):
+class HoVerNetModel(BatchedFeatures, SegmentationModel):
     """A HoVer-Net (official checkpoint or built-in) as a refinable segmentation model.
 
     Parameters
@@ -408,23 +408,6 @@ class HoVerNetModel(SegmentationModel):
                     y = dec.u0.relu(dec.u0.bn(y))
                 out[b] = y
         return out
-
-    def features(self, image: np.ndarray, *, normalised: bool = False) -> Features:
-        """Run the frozen trunk on one 2D image (no gradients).
-
-        Parameters
-        ----------
-        image : numpy.ndarray
-            (Y, X) or (Y, X, C); not modified.
-        normalised : bool
-            True when ``image`` has been through :meth:`normalise_image` already.
-
-        Returns
-        -------
-        Features
-            ``"np"`` (and ``"tp"``) head inputs and the ``"hv"`` output, each [1, F, Y, X].
-        """
-        return self.features_batch([image], normalised=normalised)
 
     def features_batch(self, images: Sequence[np.ndarray], *, normalised: bool = False) -> Features:
         """Run the frozen trunk on several 2D images of one size.

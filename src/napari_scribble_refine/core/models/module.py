@@ -31,7 +31,7 @@ from ._prepare import (
     normaliser_name,
     pad_to_multiple,
 )
-from .base import Features, SegmentationModel
+from .base import BatchedFeatures, Features, SegmentationModel
 from .saving import save_state_dict
 
 __all__ = ["Captured", "TorchModuleModel", "is_pointwise", "module_halo"]
@@ -124,7 +124,7 @@ def module_halo(module: nn.Module) -> int:
     return total
 
 
-class TorchModuleModel(SegmentationModel):
+class TorchModuleModel(BatchedFeatures, SegmentationModel):
     """Wrap any ``torch.nn.Module`` that returns class logits [N, C, H, W].
 
     Parameters
@@ -444,23 +444,6 @@ class TorchModuleModel(SegmentationModel):
         finally:
             handle.remove()
         raise RuntimeError("the head's first module did not run; cannot capture the trunk")
-
-    def features(self, image: np.ndarray, *, normalised: bool = False) -> Features:
-        """Run the frozen trunk on one 2D image (no gradients).
-
-        Parameters
-        ----------
-        image : numpy.ndarray
-            (Y, X) or (Y, X, C); not modified.
-        normalised : bool
-            True when ``image`` has already been through :meth:`normalise_image`.
-
-        Returns
-        -------
-        Features
-            ``{"trunk": [1, F, Y, X]}`` (cached mode) or ``{"input": [1, C, Y, X]}`` (opaque).
-        """
-        return self.features_batch([image], normalised=normalised)
 
     def features_batch(self, images: Sequence[np.ndarray], *, normalised: bool = False) -> Features:
         """Run the frozen trunk on several 2D images of one size in one batch.

@@ -30,7 +30,7 @@ from ._prepare import (
     normaliser_name,
     pad_to_multiple,
 )
-from .base import Features, HeadState, SegmentationModel
+from .base import BatchedFeatures, Features, HeadState, SegmentationModel
 from .saving import CUSTOM_NORMALISE, save_torchscript, saved_settings
 
 __all__ = [
@@ -180,7 +180,7 @@ class PrefixedHead:
         self.class_names = list(state["class_names"])
 
 
-class TorchScriptModel(PrefixedHead, SegmentationModel):
+class TorchScriptModel(PrefixedHead, BatchedFeatures, SegmentationModel):
     """A TorchScript segmentation network loaded from a file.
 
     Parameters
@@ -368,23 +368,6 @@ class TorchScriptModel(PrefixedHead, SegmentationModel):
             float32, same shape.
         """
         return normalise_array(np.asarray(image), self.normalise)
-
-    def features(self, image: np.ndarray, *, normalised: bool = False) -> Features:
-        """Prepare one 2D image (the network cannot be split, so nothing is cached).
-
-        Parameters
-        ----------
-        image : numpy.ndarray
-            (Y, X) or (Y, X, C); not modified.
-        normalised : bool
-            True when ``image`` has already been through :meth:`normalise_image`.
-
-        Returns
-        -------
-        Features
-            ``{"input": [1, C, Y, X]}``.
-        """
-        return self.features_batch([image], normalised=normalised)
 
     def features_batch(self, images: Sequence[np.ndarray], *, normalised: bool = False) -> Features:
         """Prepare several 2D images of one size as one batch.
