@@ -229,7 +229,7 @@ def _model_for(args: argparse.Namespace, image: np.ndarray) -> SegmentationModel
         saved = saved_settings(name)  # a model saved by --save-model knows its settings
         kwargs["head"] = args.head
         kwargs["in_channels"] = args.in_channels or saved.get("in_channels", 3 if is_rgb else 1)
-        kwargs["size_multiple"] = args.size_multiple or saved.get("size_multiple", 1)
+        kwargs["size_multiple"] = args.size_multiple  # None: the file's saved value, else 1
     elif args.allow_code and is_bioimageio_source(name):  # the package gives its channels
         kwargs["head"] = args.head
         if args.in_channels:

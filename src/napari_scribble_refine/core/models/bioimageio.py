@@ -459,7 +459,8 @@ class BioImageIOModel(PrefixedHead, BatchedFeatures, SegmentationModel):
         Returns
         -------
         Features
-            ``{"input": [B, C, Y, X]}``.
+            ``{"input": [B, C, Y, X]}``, or ``{"trunk": [B, F, Y, X]}`` (the head layer's
+            input) when the network below the head runs once.
         """
         normalise = None if normalised else self.normalise_image
         x = input_batch(images, normalise, self.in_channels, self.device)
@@ -476,7 +477,8 @@ class BioImageIOModel(PrefixedHead, BatchedFeatures, SegmentationModel):
         Parameters
         ----------
         features : Features
-            ``{"input": [N, C, h, w]}``.
+            ``{"input": [N, C, h, w]}`` or ``{"trunk": [N, F, h, w]}`` (see
+            :meth:`features_batch`).
 
         Returns
         -------
