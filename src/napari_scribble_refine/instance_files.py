@@ -47,7 +47,7 @@ def instance_rows(
     ids = ids[ids > 0]
     if ids.size == 0:
         return []
-    areas = ndi.sum_labels(np.ones(labels.shape), labels, ids)
+    areas = np.bincount(labels.ravel())[ids]
     centres = ndi.center_of_mass(np.ones(labels.shape), labels, ids)
     axes = ("z", "y", "x")[-labels.ndim :]
     rows = []

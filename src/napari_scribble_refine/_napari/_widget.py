@@ -693,7 +693,7 @@ class ScribbleRefineWidget(Container):
         image_layer = self._require_image()
         if image_layer is None:
             return None
-        session = self._current_session()
+        session = self._session
         if session is not None:
             return image_layer, session, None
         image, rgb = _layers.image_array(image_layer)
@@ -710,9 +710,6 @@ class ScribbleRefineWidget(Container):
             return _tasks.start_session(model, image, rgb, config)
 
         return image_layer, None, make_session
-
-    def _current_session(self) -> Any:
-        return self._session
 
     def predict(self, wait: bool = False) -> Any:
         """Segment the chosen image in the background and show the prediction.
@@ -1250,7 +1247,8 @@ class ScribbleRefineWidget(Container):
 
     def _update_buttons(self, *_: Any) -> None:
         busy = self._runner.busy
-        has_image = self._image.value is not None
+        image = self._image.value
+        has_image = image is not None
         session = self._session
         self._predict_button.enabled = not busy and has_image
         self._refine_button.enabled = not busy and has_image
@@ -1260,7 +1258,7 @@ class ScribbleRefineWidget(Container):
         changed = session is not None and session.history_position > 0
         self._reset_button.enabled = not busy and changed  # nothing to reset after Predict
         self._add_class_button.enabled = not busy and session is not None
-        shown = self._types.get(_key(self._image.value)) is not None and bool(self.instances_layer)
+        shown = self._types.get(_key(image)) is not None and self.instances_layer is not None
         self._commit_button.enabled = not busy and shown
         self._export_button.enabled = not busy and shown
         savable = session is not None and bool(session.model.save_suffixes)
