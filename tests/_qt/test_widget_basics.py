@@ -51,7 +51,7 @@ def test_new_scribbles_matches_image_and_classes(viewer_with_image, qtbot):
     assert isinstance(layer, Labels)
     assert layer.data.shape == image.data.shape
     assert not layer.data.any()
-    assert widget._scribbles.value == layer
+    assert widget._pickers.scribbles.value == layer
     names = widget.class_names
     assert names[0] == "background"
     for c in range(len(names)):
@@ -78,12 +78,12 @@ def test_palette_sets_brush(viewer_with_image):
     layer = widget.new_scribbles()
     widget.select_class(0)
     assert layer.selected_label == 1
-    widget._palette[1].native.click()
+    widget._brush.palette[1].native.click()
     assert layer.selected_label == 2
     assert layer.mode == "paint"
     layer.selected_label = 1  # keyboard change shows in the palette
-    assert widget._palette[0].native.isChecked()
-    assert not widget._palette[1].native.isChecked()
+    assert widget._brush.palette[0].native.isChecked()
+    assert not widget._brush.palette[1].native.isChecked()
 
 
 def test_advanced_settings_folded(make_napari_viewer):
@@ -151,14 +151,14 @@ def test_model_follows_the_image_until_the_user_picks_one(make_napari_viewer, qt
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((64, 64, 3), np.uint8), name="he", rgb=True)
     dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
-    assert widget._model_choice.value == "hovernet-he"  # a colour image: the H&E model
+    assert widget._models.combo.value == "hovernet-he"  # a colour image: the H&E model
     viewer.add_image(np.zeros((64, 64), np.uint8), name="grey")
-    widget._image.value = viewer.layers["grey"]
-    assert widget._model_choice.value == "hovernet-fluo"  # a grey image: the grey model
-    widget._model_choice.value = "hovernet-he"  # the user's own choice ...
-    widget._image.value = viewer.layers["he"]
-    widget._image.value = viewer.layers["grey"]
-    assert widget._model_choice.value == "hovernet-he"  # ... stays
+    widget._pickers.image.value = viewer.layers["grey"]
+    assert widget._models.combo.value == "hovernet-fluo"  # a grey image: the grey model
+    widget._models.combo.value = "hovernet-he"  # the user's own choice ...
+    widget._pickers.image.value = viewer.layers["he"]
+    widget._pickers.image.value = viewer.layers["grey"]
+    assert widget._models.combo.value == "hovernet-he"  # ... stays
     widget.wait(60)
 
 

@@ -17,10 +17,10 @@ TIMEOUT_MS = 120_000
 
 def _undo_then_redo(qtbot, shown, layer, before: np.ndarray, after: np.ndarray) -> None:
     """Click Undo, then Redo: the session and the layer show ``before``, then ``after``."""
-    click(qtbot, shown._undo_button, shown)
+    click(qtbot, shown._buttons.undo, shown)
     np.testing.assert_array_equal(shown.session.prediction, before)
     np.testing.assert_array_equal(layer.data, before)
-    click(qtbot, shown._redo_button, shown)
+    click(qtbot, shown._buttons.redo, shown)
     np.testing.assert_array_equal(shown.session.prediction, after)
     np.testing.assert_array_equal(layer.data, after)
 
@@ -37,14 +37,14 @@ def test_predict_shows_classes_and_instances(docked):
     scribbles = docked.new_scribbles()
     assert np.linalg.norm(prediction.colormap.map(1) - scribbles.colormap.map(2)) > 0.4
     assert scribbles.selected_label == 2  # the brush starts on the first nucleus class
-    assert docked._refine_button.enabled and not docked._cancel_button.enabled
-    assert not docked._reset_button.enabled  # nothing to reset right after Predict
-    assert not docked._undo_button.enabled
+    assert docked._buttons.refine.enabled and not docked._buttons.cancel.enabled
+    assert not docked._buttons.reset.enabled  # nothing to reset right after Predict
+    assert not docked._buttons.undo.enabled
 
 
 def test_refine_updates_live_and_is_undoable(shown, fluo_sample, qtbot):
     """Predict, Refine, Undo, Redo and Reset by clicks; the layer shows the session's state."""
-    click(qtbot, shown._predict_button, shown)
+    click(qtbot, shown._buttons.predict, shown)
     layer = shown.prediction_layer
     before = shown.session.prediction.copy()
     np.testing.assert_array_equal(layer.data, before)
@@ -54,10 +54,10 @@ def test_refine_updates_live_and_is_undoable(shown, fluo_sample, qtbot):
     seen: list[np.ndarray] = []
     layer.events.set_data.connect(lambda e: seen.append(layer.data.copy()))
 
-    click(qtbot, shown._refine_button)
+    click(qtbot, shown._buttons.refine)
     worker = shown.worker
-    assert worker is not None and shown._cancel_button.enabled
-    assert not shown._predict_button.enabled
+    assert worker is not None and shown._buttons.cancel.enabled
+    assert not shown._buttons.predict.enabled
     steps: dict[tuple[int, bool], np.ndarray] = {}
 
     def record(step) -> None:  # connected before the event loop delivers any step
@@ -68,9 +68,9 @@ def test_refine_updates_live_and_is_undoable(shown, fluo_sample, qtbot):
     shown.wait()
     result = shown.last_outcome.result
     assert result is not None and result.iterations >= 10
-    bar = shown._progress_bar  # in the widget, beside Cancel
+    bar = shown._buttons.progress  # in the widget, beside Cancel
     assert bar.max == 150 and bar.value == result.iterations
-    assert bar.native.parent() is shown._cancel_button.native.parent()
+    assert bar.native.parent() is shown._buttons.cancel.native.parent()
     previews = [steps[key] for key in sorted(steps)]  # in step order, the final one last
     assert len(previews) >= 3 and shown.live_updates >= 1
     assert len(seen) == shown.live_updates + 1  # the live updates, then the result
@@ -86,29 +86,29 @@ def test_refine_updates_live_and_is_undoable(shown, fluo_sample, qtbot):
     np.testing.assert_array_equal(layer.data, refined)
     np.testing.assert_array_equal(result.prediction, refined)
     assert not np.array_equal(refined, before)
-    assert shown.session.can_undo and shown._undo_button.enabled
+    assert shown.session.can_undo and shown._buttons.undo.enabled
     # the user's scribbles are untouched
     np.testing.assert_array_equal(scribbles.data, truth_scribbles(fluo_sample.types))
 
     _undo_then_redo(qtbot, shown, layer, before, refined)
-    click(qtbot, shown._reset_button, shown)
+    click(qtbot, shown._buttons.reset, shown)
     np.testing.assert_array_equal(shown.session.prediction, before)
     np.testing.assert_array_equal(layer.data, before)
     assert shown.session.can_undo  # reset itself is undoable
 
 
 def test_cancel_stops_and_leaves_an_undoable_state(shown, fluo_sample, qtbot):
-    click(qtbot, shown._predict_button, shown)
+    click(qtbot, shown._buttons.predict, shown)
     layer = shown.prediction_layer
     before = shown.session.prediction.copy()
     shown.new_scribbles().data = truth_scribbles(fluo_sample.types)
     shown.configure(iterations=5000, stop_fraction=1.0, region_growing=False)
-    click(qtbot, shown._refine_button)
+    click(qtbot, shown._buttons.refine)
     worker = shown.worker
     qtbot.waitUntil(lambda: shown.live_updates >= 1, timeout=TIMEOUT_MS)
     assert shown.busy  # still refining: the GUI served the live update meanwhile
     with qtbot.waitSignal(worker.finished, timeout=TIMEOUT_MS):
-        click(qtbot, shown._cancel_button)
+        click(qtbot, shown._buttons.cancel)
     shown.wait()
     outcome = shown.last_outcome
     assert outcome.cancelled and outcome.result is None
@@ -119,7 +119,7 @@ def test_cancel_stops_and_leaves_an_undoable_state(shown, fluo_sample, qtbot):
     np.testing.assert_array_equal(layer.data, cancelled)
     np.testing.assert_array_equal(outcome.prediction, cancelled)
     assert shown.session.history_position == 1
-    assert shown._predict_button.enabled and not shown._cancel_button.enabled
+    assert shown._buttons.predict.enabled and not shown._buttons.cancel.enabled
     _undo_then_redo(qtbot, shown, layer, before, cancelled)
 
 
@@ -164,7 +164,7 @@ def test_multi_class_relabel_in_one_refine(make_napari_viewer, he_model, qtbot):
     viewer.add_image(sample.image, name="he", rgb=True)
     widget = open_widget(viewer, image="he", model=he_model, device="cpu")
     assert widget.class_names == ["background", "other", "inflammatory", "epithelial", "spindle"]
-    assert [b.text for b in widget._palette] == widget.class_names
+    assert [b.text for b in widget._brush.palette] == widget.class_names
     widget.predict(wait=True)
     scribbles = widget.new_scribbles()
     assert scribbles.data.shape == (128, 128)
@@ -242,7 +242,7 @@ def test_shortcuts_run_predict_refine_undo_redo_and_commit(shown, fluo_sample, q
     assert not shown.session.can_undo
     np.testing.assert_array_equal(layer.data, before)
     np.testing.assert_array_equal(shown.session.prediction, before)
-    press(qtbot, shown._refine_button.native, SHORTCUTS["redo"])  # a focused button
+    press(qtbot, shown._buttons.refine.native, SHORTCUTS["redo"])  # a focused button
     shown.wait()
     np.testing.assert_array_equal(layer.data, refined)
     np.testing.assert_array_equal(shown.session.prediction, refined)
@@ -296,7 +296,7 @@ def test_add_class_then_paint_refine_and_undo(docked, fluo_sample, notifications
     docked._class_name.value = "   "
     assert docked.add_class() is None
     assert any("name for the new class" in e for e in notifications.errors())
-    docked._palette[1].native.click()  # start the new class from "nucleus"
+    docked._brush.palette[1].native.click()  # start the new class from "nucleus"
     docked._class_name.value = "dim nucleus"
     docked.add_class(wait=True)
     assert docked.class_names == ["background", "nucleus", "dim nucleus"]
@@ -327,12 +327,12 @@ def test_save_model_by_click_and_load_it_back(shown, fluo_sample, qtbot, tmp_pat
     from qtpy.QtCore import Qt, QTimer
     from qtpy.QtWidgets import QApplication, QFileDialog, QLineEdit
 
-    assert not shown._save_model_button.enabled  # nothing tuned to save before Predict
-    click(qtbot, shown._predict_button, shown)
+    assert not shown._buttons.save_model.enabled  # nothing tuned to save before Predict
+    click(qtbot, shown._buttons.predict, shown)
     scribbles = shown.new_scribbles()
     scribbles.data = truth_scribbles(fluo_sample.types)
     shown.configure(iterations=30, region_growing=False)
-    click(qtbot, shown._refine_button, shown)
+    click(qtbot, shown._buttons.refine, shown)
     target = tmp_path / "mine.safetensors"
     seen: list[str] = []
 
@@ -346,7 +346,7 @@ def test_save_model_by_click_and_load_it_back(shown, fluo_sample, qtbot, tmp_pat
         qtbot.keyClick(name, Qt.Key.Key_Return)
 
     QTimer.singleShot(300, fill_in)
-    click(qtbot, shown._save_model_button)
+    click(qtbot, shown._buttons.save_model)
     assert Path(seen[0]).name == "hovernet-fluo-tuned.safetensors"  # the suggested name
     assert "Saved the tuned model to mine.safetensors" in shown._status.value, shown._status.value
     assert target.is_file()
@@ -357,7 +357,7 @@ def test_save_model_by_click_and_load_it_back(shown, fluo_sample, qtbot, tmp_pat
 
     shown.set_model_file(target)  # Model > From file… with this file
     shown.wait()
-    click(qtbot, shown._predict_button, shown)
+    click(qtbot, shown._buttons.predict, shown)
     np.testing.assert_array_equal(shown.prediction_layer.data, tuned)
 
 
@@ -373,36 +373,36 @@ def test_switching_images_keeps_each_images_work(make_napari_viewer, fluo_model,
         viewer.add_image(sample.image, name=name)
     widget = open_widget(viewer, image="a", model=fluo_model, device="cpu")
     widget.configure(iterations=20, region_growing=False)
-    click(qtbot, widget._predict_button, widget)
+    click(qtbot, widget._buttons.predict, widget)
     before_a = widget.prediction_layer.data.copy()
     widget.new_scribbles().data = truth_scribbles(samples["a"].types, every=4)
-    click(qtbot, widget._refine_button, widget)
+    click(qtbot, widget._buttons.refine, widget)
     session_a = widget.session
     refined_a = widget.prediction_layer.data.copy()
     assert not np.array_equal(refined_a, before_a)
 
-    picker = widget._image.native
+    picker = widget._pickers.image.native
     picker.setFocus()
     qtbot.keyClick(picker, Qt.Key.Key_Down)  # the user picks image "b"
-    assert widget._image.value.name == "b" and widget.session is None
-    assert not widget._undo_button.enabled
-    click(qtbot, widget._predict_button, widget)
+    assert widget._pickers.image.value.name == "b" and widget.session is None
+    assert not widget._buttons.undo.enabled
+    click(qtbot, widget._buttons.predict, widget)
     assert widget.prediction_layer.name == "b prediction"
     assert widget.instances_layer.name == "b instances"
     np.testing.assert_array_equal(viewer.layers["a prediction"].data, refined_a)
     b_prediction = widget.prediction_layer.data.copy()
 
     qtbot.keyClick(picker, Qt.Key.Key_Up)  # back to "a": its session and history
-    assert widget._image.value.name == "a" and widget.session is session_a
+    assert widget._pickers.image.value.name == "a" and widget.session is session_a
     assert "1 change(s) are kept" in widget._status.value
     assert widget.prediction_layer.name == "a prediction"
-    click(qtbot, widget._undo_button, widget)
+    click(qtbot, widget._buttons.undo, widget)
     np.testing.assert_array_equal(viewer.layers["a prediction"].data, before_a)
     np.testing.assert_array_equal(viewer.layers["b prediction"].data, b_prediction)
 
     viewer.layers.remove("a")  # an image that is gone takes its work with it
-    assert all(image.name != "a" for image, _ in widget._sessions.values())
-    assert widget._sessions and len(widget._outputs) == 1  # b's stay
+    assert all(image.name != "a" for image in widget._images.images())
+    assert widget._images.images() and widget._images.n_images_shown == 1  # b's stay
 
 
 def test_commit_and_export_keep_the_nuclei(shown, fluo_sample, qtbot, tmp_path):
@@ -414,20 +414,20 @@ def test_commit_and_export_keep_the_nuclei(shown, fluo_sample, qtbot, tmp_path):
     from qtpy.QtCore import Qt, QTimer
     from qtpy.QtWidgets import QApplication, QLineEdit
 
-    assert not shown._commit_button.enabled and not shown._export_button.enabled
-    click(qtbot, shown._predict_button, shown)
+    assert not shown._buttons.commit.enabled and not shown._buttons.export.enabled
+    click(qtbot, shown._buttons.predict, shown)
     shown_nuclei = shown.instances_layer.data.copy()
     n = len(np.unique(shown_nuclei)) - 1
-    click(qtbot, shown._commit_button)
+    click(qtbot, shown._buttons.commit)
     committed = shown.viewer.layers["nuclei corrected"]
     np.testing.assert_array_equal(committed.data, shown_nuclei)
     assert list(committed.features["type"][1:]) == ["nucleus"] * n
-    offered = [layer.name for layer in shown._scribbles.choices if layer is not None]
+    offered = [layer.name for layer in shown._pickers.scribbles.choices if layer is not None]
     assert "nuclei corrected" not in offered  # never offered as scribbles
     # a later refinement changes the widget's layers, not the committed one
     shown.new_scribbles().data = truth_scribbles(fluo_sample.types)
     shown.configure(iterations=20, region_growing=False)
-    click(qtbot, shown._refine_button, shown)
+    click(qtbot, shown._buttons.refine, shown)
     assert not np.array_equal(shown.instances_layer.data, shown_nuclei)
     np.testing.assert_array_equal(committed.data, shown_nuclei)
 
@@ -439,7 +439,7 @@ def test_commit_and_export_keep_the_nuclei(shown, fluo_sample, qtbot, tmp_path):
         qtbot.keyClick(name, Qt.Key.Key_Return)
 
     QTimer.singleShot(300, type_name)
-    click(qtbot, shown._export_button)
+    click(qtbot, shown._buttons.export)
     labels = tifffile.imread(tmp_path / "cells_instances.tif")
     np.testing.assert_array_equal(labels, shown.instances_layer.data)
     with (tmp_path / "cells_types.csv").open() as handle:
@@ -463,11 +463,11 @@ def test_apply_to_others_predicts_them_with_the_tuned_model(make_napari_viewer, 
     viewer.add_image(synthetic_he((64, 64), seed=9).image, name="he", rgb=True)
     widget = open_widget(viewer, image="a", model=fluo_model, device="cpu")
     widget.configure(iterations=20, region_growing=False)
-    click(qtbot, widget._predict_button, widget)
-    assert not widget._apply_button.enabled  # nothing tuned yet
+    click(qtbot, widget._buttons.predict, widget)
+    assert not widget._buttons.apply.enabled  # nothing tuned yet
     widget.new_scribbles().data = truth_scribbles(samples["a"].types, every=4)
-    click(qtbot, widget._refine_button, widget)
-    click(qtbot, widget._apply_button, widget)
+    click(qtbot, widget._buttons.refine, widget)
+    click(qtbot, widget._buttons.apply, widget)
     expected = RefineSession(widget.session.model, samples["b"].image, RefineConfig()).predict()
     pretrained = RefineSession(load_model(fluo_model), samples["b"].image).predict()
     np.testing.assert_array_equal(viewer.layers["b prediction"].data, expected)
@@ -479,10 +479,10 @@ def test_apply_to_others_predicts_them_with_the_tuned_model(make_napari_viewer, 
     widget.configure(image="b")
     assert widget.session is not None and widget.session.history_position == 0
     widget.new_scribbles().data = truth_scribbles(samples["b"].types, every=4)
-    click(qtbot, widget._refine_button, widget)
+    click(qtbot, widget._buttons.refine, widget)
     refined_b = viewer.layers["b prediction"].data.copy()
     widget.configure(image="a")  # ... and a second Apply leaves b's work alone
-    click(qtbot, widget._apply_button)
+    click(qtbot, widget._buttons.apply)
     assert "b kept its own refinements" in widget._status.value
     assert not widget.busy
     np.testing.assert_array_equal(viewer.layers["b prediction"].data, refined_b)

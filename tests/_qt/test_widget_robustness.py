@@ -27,7 +27,7 @@ def test_rgb_image_with_grey_model_error(make_napari_viewer, fluo_model, notific
     widget.predict(wait=True)
     errors = notifications.errors()
     assert len(errors) == 1 and "greyscale" in errors[0] and "hovernet-he" in errors[0], errors
-    assert widget._predict_button.enabled
+    assert widget._buttons.predict.enabled
 
 
 def test_broken_model_file_error(viewer_with_image, tmp_path, notifications):
@@ -46,18 +46,18 @@ def test_broken_model_file_error(viewer_with_image, tmp_path, notifications):
 
 def test_gui_handles_clicks_during_refinement(shown, fluo_sample, qtbot):
     """The refinement runs in a worker: the GUI shows previews and takes clicks meanwhile."""
-    click(qtbot, shown._predict_button, shown)
+    click(qtbot, shown._buttons.predict, shown)
     scribbles = shown.new_scribbles()
     scribbles.data = truth_scribbles(fluo_sample.types)
     shown.configure(iterations=5000, stop_fraction=1.0, region_growing=True)
-    click(qtbot, shown._refine_button)
+    click(qtbot, shown._buttons.refine)
     worker = shown.worker
     qtbot.waitUntil(lambda: shown.live_updates >= 1, timeout=TIMEOUT_MS)
     assert shown.busy and scribbles.selected_label == 2
-    click(qtbot, shown._palette[0])  # the brush follows a click while the worker runs
+    click(qtbot, shown._brush.palette[0])  # the brush follows a click while the worker runs
     assert scribbles.selected_label == 1 and shown.busy
     with qtbot.waitSignal(worker.finished, timeout=TIMEOUT_MS):
-        click(qtbot, shown._cancel_button)
+        click(qtbot, shown._buttons.cancel)
     shown.wait()
     assert shown.last_outcome.cancelled
 
@@ -69,13 +69,13 @@ def test_closing_with_a_live_update_pending_is_clean(shown, fluo_sample, qtbot, 
     Closing the viewer deletes the widget without a close event of its own; the update's
     timer used to fire afterwards ("QComboBox has been deleted").
     """
-    click(qtbot, shown._predict_button, shown)
+    click(qtbot, shown._buttons.predict, shown)
     layer = shown.prediction_layer
     shown.new_scribbles().data = truth_scribbles(fluo_sample.types)
     shown.configure(iterations=5000, stop_fraction=1.0, region_growing=False)
-    click(qtbot, shown._refine_button)
+    click(qtbot, shown._buttons.refine)
     qtbot.waitUntil(lambda: shown.live_updates >= 1, timeout=TIMEOUT_MS)
-    live = shown._live
+    live = shown._refinement.live
     for _ in range(10):  # one more preview right after a delivery waits for its turn
         if live.pending:
             break

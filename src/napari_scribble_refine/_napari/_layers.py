@@ -8,6 +8,7 @@ in the prediction (value ``c``) and on the outline of an instance of that class.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -48,6 +49,22 @@ strokes stay visible over the image and the prediction; cycles after the last en
 (skipping background)."""
 
 TRANSPARENT = np.zeros(4, dtype=np.float32)
+
+
+def layer_key(layer: Any) -> Hashable:
+    """Identify a layer (napari may hand a plugin proxies: ``id`` and ``is`` differ per access).
+
+    Parameters
+    ----------
+    layer : napari.layers.Layer or None
+        The layer.
+
+    Returns
+    -------
+    Hashable
+        Its ``unique_id``, or None for None.
+    """
+    return None if layer is None else layer.unique_id
 
 
 def _pick(palette: tuple[str, ...], index: int) -> np.ndarray:

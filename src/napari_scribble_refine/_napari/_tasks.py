@@ -325,3 +325,27 @@ def history(session: Any, action: str) -> Outcome:
     else:
         message = "Model reset to its pre-trained weights"
     return _outcome(session, message)
+
+
+def channel_warning(session: Any) -> str | None:
+    """Return a warning when a greyscale image was repeated into a colour model's channels.
+
+    Parameters
+    ----------
+    session : RefineSession
+        A new session.
+
+    Returns
+    -------
+    str or None
+        The warning, or None when the image suits the model.
+    """
+    channels = session.image_info.n_channels
+    wanted = session.model.in_channels
+    if channels == 1 and wanted > 1:
+        return (
+            f"The image is greyscale but model {session.model.name} takes {wanted} "
+            "channels: the grey values were repeated; a model trained for this kind of "
+            "image will do better"
+        )
+    return None

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from napari.qt.threading import create_worker
+from napari.utils.notifications import show_info
 from qtpy.QtCore import QEventLoop, Qt, QTimer
 
 
@@ -78,6 +79,7 @@ class TaskRunner:
 
     def __init__(self, on_busy: Callable[[bool], None]) -> None:
         self._on_busy = on_busy
+        self.closed = False
         self.worker = None
         self.name = ""
         self._cancel = threading.Event()
@@ -163,6 +165,82 @@ class TaskRunner:
         self._on_busy(True)
         worker.start()
         return worker
+
+    def run(
+        self,
+        name: str,
+        work: Callable[[], Any] | Generator,
+        *,
+        on_result: Callable[[Any], None],
+        on_yielded: Callable[[Any], None] | None = None,
+        on_failed: Callable[[Failed], None],
+        on_status: Callable[[str], None],
+        wait: bool = False,
+    ):
+        """Start a task for the widget, unless it is closed or busy; handlers stop on close.
+
+        Parameters
+        ----------
+        name : str
+            What the task does (the status line says it while it runs).
+        work : callable or generator
+            See :meth:`start`.
+        on_result, on_yielded, on_failed : callable
+            See :meth:`start`; none is called once :attr:`closed` is set.
+        on_status : callable
+            Shows a line to the user (the task's name; "busy" when one runs).
+        wait : bool
+            Process Qt events until the task has finished.
+
+        Returns
+        -------
+        napari.qt.threading.WorkerBase or None
+            The worker, or None when nothing was started.
+        """
+        if self.closed:
+            return None
+        if self.busy:
+            show_info(f"Busy {self.name}: wait or Cancel first")
+            return None
+        on_status(f"{name.capitalize()}…")
+        worker = self.start(
+            name,
+            work,
+            on_result=self._unless_closed(on_result),
+            on_yielded=self._unless_closed(on_yielded) if on_yielded else None,
+            on_failed=self._unless_closed(on_failed),
+        )
+        if wait:
+            self.wait()
+        return worker
+
+    def _unless_closed(self, handler: Callable[[Any], None]) -> Callable[[Any], None]:
+        def guarded(value: Any) -> None:
+            if not self.closed:
+                handler(value)
+
+        return guarded
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Process Qt events until no task runs (also one started when the last ended).
+
+        Parameters
+        ----------
+        timeout : float, optional
+            Seconds to wait at most.
+
+        Returns
+        -------
+        bool
+            True when idle.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.busy:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            self.wait(left)
+        return True
 
     def cancel(self) -> None:
         """Ask the running task to stop after its current step (a plain function runs on)."""
