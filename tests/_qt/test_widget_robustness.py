@@ -75,13 +75,12 @@ def test_closing_with_a_live_update_pending_is_clean(shown, fluo_sample, qtbot, 
     shown.configure(iterations=5000, stop_fraction=1.0, region_growing=False)
     click(qtbot, shown._buttons.refine)
     qtbot.waitUntil(lambda: shown.live_updates >= 1, timeout=TIMEOUT_MS)
-    live = shown._refinement.live
+    live = shown._refinement.live  # superqt's qthrottled: a Future per call
     for _ in range(10):  # one more preview right after a delivery waits for its turn
-        if live.pending:
+        if not live(layer.data.copy()).done():  # shown at once when the last one is old
             break
-        live.push(layer.data.copy())  # delivered at once when the last delivery is old
-    live.push(np.zeros_like(layer.data))  # replaces the waiting value: must never show
-    assert live.pending and shown.busy
+    waiting = live(np.zeros_like(layer.data))  # replaces the waiting value: must never show
+    assert not waiting.done() and shown.busy
     viewer = shown.viewer
     with qtbot.capture_exceptions() as exceptions:
         if close == "viewer":
@@ -91,7 +90,7 @@ def test_closing_with_a_live_update_pending_is_clean(shown, fluo_sample, qtbot, 
         qtbot.wait(3 * _widget.LIVE_UPDATE_MS)  # past the moment the update was due
         qtbot.waitUntil(lambda: not shown.busy, timeout=TIMEOUT_MS)
     assert exceptions == [], exceptions
-    assert shown._closed and not live.pending
+    assert shown._closed and not waiting.done()  # never delivered
     assert shown._runner._done.is_set()  # the thread let go of the session
     assert layer.data.any()  # the pending all-background update was never shown
 

@@ -1,8 +1,9 @@
 """Predict, Refine, Cancel, Undo, Redo, Reset and Add class on the chosen image's session.
 
 Inputs are checked and copied on the GUI thread; the engine's work (:mod:`._tasks`) runs in
-a thread worker; refinement steps reach the image's prediction layer as live previews (at
-most one per ``LIVE_UPDATE_MS``) and the progress bar; each task's outcome becomes the
+a thread worker; refinement steps reach the image's prediction layer as live previews (the
+latest step's, at most one per ``LIVE_UPDATE_MS``: superqt's ``qthrottled``) and the
+progress bar; each task's outcome becomes the
 image's session and output layers (:class:`~._image_sessions.ImageSessions`).
 """
 
@@ -14,16 +15,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from napari.utils.notifications import show_error, show_info, show_warning
+from superqt.utils import qthrottled
 
 from ..core.images import validate_image
 from . import _layers, _tasks
 from ._layers import layer_key
-from ._workers import Throttle
 
 if TYPE_CHECKING:
     import napari
     from magicgui.widgets import ProgressBar
     from napari.layers import Image
+    from superqt.utils._throttler import ThrottledCallable
 
     from ..core.config import RefineConfig
     from ..core.session import RefineSession
@@ -64,6 +66,11 @@ class Refinement:
     ----------
     last_outcome : Outcome or None
         What the last finished task produced.
+    live : superqt.utils.ThrottledCallable
+        Shows a step's prediction: the first at once, then the latest of a burst at most
+        once per ``LIVE_UPDATE_MS`` (``cancel()`` drops a waiting one, ``flush()`` shows it).
+    live_updates : int
+        How many live previews the last refinement showed.
     """
 
     def __init__(
@@ -87,7 +94,10 @@ class Refinement:
         self._progress, self._on_status = progress, on_status
         self.last_outcome: _tasks.Outcome | None = None
         self._task_image: Image | None = None  # the image the running task works on
-        self.live = Throttle(LIVE_UPDATE_MS, self._show_live_prediction)
+        self.live: ThrottledCallable = qthrottled(
+            self._show_live_prediction, timeout=LIVE_UPDATE_MS, leading=True
+        )
+        self.live_updates = 0
         self.on_outcome: list[Callable[[Image], None]] = []  # called after one is shown
 
     def session_of(self, image: Image | None) -> RefineSession | None:
@@ -193,8 +203,8 @@ class Refinement:
         if not has_feedback and (feedback.scribbles is None or not feedback.scribbles.any()):
             show_error("Nothing to refine on: paint scribbles (New scribbles), or add points/boxes")
             return None
-        self.live.discard()
-        self.live.delivered = 0
+        self.live.cancel()
+        self.live_updates = 0
         self._progress.max = config.max_iterations
         self._progress.value = 0
         work = _tasks.refine(session, make_session, feedback, config, self._runner.cancelled)
@@ -285,7 +295,7 @@ class Refinement:
             f"{step.violations} scribbled pixels still wrong"
         )
         if step.prediction is not None:
-            self.live.push(step.prediction)
+            self.live(step.prediction)
         self._progress.value = min(step.iteration, self._progress.max)
 
     def _show_live_prediction(self, prediction: np.ndarray) -> None:
@@ -294,6 +304,7 @@ class Refinement:
         image = self._task_image
         if image is not None and image in self._viewer.layers:
             self._images.show_prediction(image, prediction, self._brush.class_names)
+            self.live_updates += 1
 
     def show_outcome(self, image: Image, outcome: _tasks.Outcome) -> None:
         """Make a task's session the image's and show its result.
@@ -310,7 +321,7 @@ class Refinement:
             if warning:
                 show_warning(warning)
         self.last_outcome = outcome
-        self.live.discard()
+        self.live.cancel()
         if layer_key(image) == layer_key(self._pickers.image.value):
             prediction = self._images.output(image, "prediction")
             self._brush.set_classes(list(outcome.session.class_names), prediction)

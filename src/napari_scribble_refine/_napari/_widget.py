@@ -98,7 +98,7 @@ class ScribbleRefineWidget(Container):
             run_action=self._on_shortcut,
             on_layers_changed=self._on_layers_changed,
             on_close=self.shutdown,
-            on_gone=lambda: (live.discard(), runner.stop()),
+            on_gone=lambda: (live.cancel(), runner.stop()),
         )
         self._update_buttons()
         self._models.suit_image(self._pickers.image.value)
@@ -218,7 +218,7 @@ class ScribbleRefineWidget(Container):
     @property
     def live_updates(self) -> int:
         """How many live previews were shown during the last refinement."""
-        return self._refinement.live.delivered
+        return self._refinement.live_updates
 
     def configure(
         self,
@@ -474,9 +474,9 @@ class ScribbleRefineWidget(Container):
 
     def _on_busy(self, busy: bool) -> None:
         if not busy and self._closed:
-            self._refinement.live.discard()
+            self._refinement.live.cancel()
         elif not busy:
-            self._refinement.live.flush()
+            self._refinement.live.flush(restart_timer=False)
         if not self._closed:
             self._update_buttons()
             if not busy and self._models.reload_wanted:
@@ -517,7 +517,7 @@ class ScribbleRefineWidget(Container):
             return
         self._runner.closed = True
         self._runner.stop()
-        self._refinement.live.discard()
+        self._refinement.live.cancel()
         self._hooks.disconnect()
         self._pickers.follow_brush(None)
 

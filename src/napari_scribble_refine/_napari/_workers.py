@@ -8,8 +8,7 @@ generator in the worker thread and returns the state reached, so a cancelled ref
 leaves the session consistent and undoable. ``worker.quit()`` (napari calls it for every
 running task when its window closes) would abandon the generator suspended mid-iteration;
 the runner then closes it in the worker thread, with the same effect as Cancel. Handlers run
-on the GUI thread. :class:`Throttle` keeps only the latest of a burst of values and delivers
-at most one every ``interval_ms``.
+on the GUI thread.
 """
 
 from __future__ import annotations
@@ -302,67 +301,3 @@ class TaskRunner:
         """
         self.cancel()
         return self._done.wait(timeout)
-
-
-class Throttle:
-    """Deliver the latest of a burst of values, at most once per interval (GUI thread).
-
-    Parameters
-    ----------
-    interval_ms : int
-        Shortest time between two deliveries.
-    deliver : callable
-        Called with the value.
-    """
-
-    def __init__(self, interval_ms: int, deliver: Callable[[Any], None]) -> None:
-        self._interval = interval_ms / 1000
-        self._deliver = deliver
-        self._last = -float("inf")
-        self._pending: Any = None
-        self._has_pending = False
-        self._timer = QTimer()
-        self._timer.setSingleShot(True)
-        self._timer.timeout.connect(self.flush)
-        self.delivered = 0
-
-    @property
-    def pending(self) -> bool:
-        """Whether a value waits for its turn (its delivery timer runs)."""
-        return self._has_pending
-
-    def push(self, value: Any) -> None:
-        """Offer a value: delivered now, or later if one was delivered very recently.
-
-        Parameters
-        ----------
-        value : Any
-            The value (replaces any value still waiting).
-        """
-        self._pending, self._has_pending = value, True
-        wait = self._last + self._interval - time.perf_counter()
-        if wait <= 0:
-            self.flush()
-        elif not self._timer.isActive():
-            self._timer.start(max(1, int(wait * 1000)))
-
-    def _stop_timer(self) -> None:
-        try:
-            self._timer.stop()
-        except RuntimeError:  # Qt deleted the timer already (the application is exiting)
-            pass
-
-    def flush(self) -> None:
-        """Deliver the waiting value, if any, now."""
-        self._stop_timer()
-        if not self._has_pending:
-            return
-        value, self._pending, self._has_pending = self._pending, None, False
-        self._last = time.perf_counter()
-        self.delivered += 1
-        self._deliver(value)
-
-    def discard(self) -> None:
-        """Forget the waiting value without delivering it."""
-        self._stop_timer()
-        self._pending, self._has_pending = None, False
