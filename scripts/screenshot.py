@@ -84,7 +84,7 @@ def main() -> None:
     }[args.sample]
     viewer.open_sample("napari-scribble-refine", key)
     widget = open_widget(viewer, image=image, model=args.model or model, device="cpu")
-    widget.configure(iterations=args.iterations)
+    widget.configure(max_iterations=args.iterations)
     if args.learning_rate is not None:
         widget.configure(learning_rate=args.learning_rate)
     if args.no_growing:

@@ -77,7 +77,7 @@ def docked(viewer_with_image, fluo_model, qtbot):
     from napari_scribble_refine.scripting import open_widget
 
     widget = open_widget(viewer_with_image, image="nuclei", model=fluo_model, device="cpu")
-    widget.configure(iterations=10)
+    widget.configure(max_iterations=10)
     assert not widget.busy
     return widget
 
@@ -90,7 +90,7 @@ def shown(make_napari_viewer, fluo_model, fluo_sample, qtbot):
     viewer = make_napari_viewer(show=True)
     viewer.add_image(fluo_sample.image, name="nuclei")
     widget = open_widget(viewer, image="nuclei", model=fluo_model, device="cpu")
-    widget.configure(iterations=10)
+    widget.configure(max_iterations=10)
     assert viewer.window._qt_window.isVisible()
     assert not widget.busy
     return widget

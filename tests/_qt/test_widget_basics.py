@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from magicgui.widgets import LineEdit
 from napari.layers import Labels
 
 from napari_scribble_refine._napari import _layers
 from napari_scribble_refine._napari._widget import ScribbleRefineWidget
+from napari_scribble_refine.core.config import RefineConfig
 from napari_scribble_refine.scripting import PLUGIN, WIDGET
 
 
@@ -39,8 +41,11 @@ def test_every_control_has_a_tooltip(make_napari_viewer):
             else:
                 yield child
 
-    missing = [w.label or w.name for w in walk(widget) if not w.tooltip]
-    assert missing == []
+    settings = widget._settings  # the advanced settings fold away in a superqt QCollapsible
+    controls = [*walk(widget), *walk(settings.advanced)]
+    assert len(controls) > len(settings.names)
+    missing = [w.label or w.name for w in controls if not w.tooltip]
+    assert missing == [] and settings.collapsible.toolTip()
 
 
 def test_new_scribbles_matches_image_and_classes(viewer_with_image, qtbot):
@@ -86,23 +91,84 @@ def test_palette_sets_brush(viewer_with_image):
     assert not widget._brush.palette[1].native.isChecked()
 
 
-def test_advanced_settings_folded(make_napari_viewer):
+def test_settings_form_is_generated_from_the_config(qtbot):
+    """One control per RefineConfig field, named, typed and defaulted as the field."""
+    from dataclasses import fields
+
+    from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, SpinBox
+
+    from napari_scribble_refine._napari._settings_form import (
+        SHOWN,
+        RefineSettings,
+        parameter_docs,
+    )
+
+    settings = RefineSettings()
+    config_fields = [f for f in fields(RefineConfig) if f.name != "device"]
+    assert settings.names == [f.name for f in config_fields] + ["point_radius", "box_ring"]
+    assert settings.config("cpu") == RefineConfig(device="cpu")  # the defaults, all of them
+    kinds = {"bool": CheckBox, "int": SpinBox, "float": FloatSpinBox}
+    docs = parameter_docs(RefineConfig)
+    for field in config_fields:
+        control = settings.inputs[field.name]
+        assert control.value == field.default, field.name
+        assert isinstance(control, kinds.get(field.type, (ComboBox, LineEdit))), field.name
+        if field.name in docs:  # the docstring's text is the tooltip
+            words = docs[field.name][1].replace("``", "").split()[:4]
+            assert " ".join(words) in control.tooltip, field.name
+    assert settings.inputs["optimiser"].choices == ("sgd", "adam")  # {"sgd", "adam"}
+    assert settings.inputs["max_iterations"].label == "Max iterations (M)"
+    assert settings.inputs["learning_rate"].label == "Learning rate (η)"
+    assert [w.name for w in settings] == list(SHOWN)  # the rest is under Advanced
+    assert {w.name for w in settings.advanced} == set(settings.names) - set(SHOWN)
+
+
+def test_advanced_settings_folded(make_napari_viewer, qtbot):
+    from qtpy.QtCore import Qt
+
     widget = ScribbleRefineWidget(make_napari_viewer())
     settings = widget._settings
-    assert settings.advanced.native.isHidden()
-    settings.show_advanced.value = True
-    assert not settings.advanced.native.isHidden()
-    widget.configure(iterations=7, learning_rate=0.02, n_layers=2, region_growing=False)
+    fold = settings.collapsible
+    assert not fold.isExpanded()
+    qtbot.mouseClick(fold.toggleButton(), Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: settings.advanced.native.height() > 100)
+    assert fold.isExpanded()
+    widget.configure(max_iterations=7, learning_rate=0.02, n_layers=2, region_growing=False)
     config = widget.config()
     assert (config.max_iterations, config.learning_rate, config.n_layers) == (7, 0.02, 2)
     assert not config.region_growing
-    assert not settings.grow_threshold.enabled
-    assert config.pin_scribbles
-    widget.configure(pin_scribbles=False)
-    assert not widget.config().pin_scribbles
-    with pytest.raises(TypeError, match="valid"):
-        widget.configure(iterationz=3)
+    assert not settings.inputs["grow_threshold"].enabled  # growing is off
+    assert config.pin_scribbles and config.crf_weight == RefineConfig.crf_weight
+    widget.configure(pin_scribbles=False, crf_weight=0.0, optimiser="adam")
+    config = widget.config()
+    assert not config.pin_scribbles and config.crf_weight == 0 and config.optimiser == "adam"
+    with pytest.raises(TypeError, match="did you mean max_iterations"):
+        widget.configure(iterations=3)  # one name per setting: the config's
     widget.wait(60)
+
+
+def test_an_invalid_setting_gives_the_configs_message(docked, fluo_sample, notifications):
+    """A value the config rejects: its own message in the status line, never a traceback."""
+    from _qt_helpers import truth_scribbles
+
+    docked.predict(wait=True)
+    docked.new_scribbles().data = truth_scribbles(fluo_sample.types)
+    with pytest.raises(ValueError) as expected:
+        RefineConfig(momentum=1.0)
+    message = str(expected.value)
+    assert "RefineConfig.momentum" in message
+    momentum = docked._settings.inputs["momentum"]
+    momentum.value = 1.0  # typed by the user: the form lets it through to the config
+    assert docked._status.value == message
+    assert "border" in momentum.native.styleSheet()  # and marks the setting
+    notifications.clear()
+    assert docked.refine() is None and not docked.busy
+    assert notifications.errors() == [message]
+    assert docked._status.value == message
+    momentum.value = 0.5
+    assert momentum.native.styleSheet() == ""
+    docked.refine(wait=True)
+    assert docked.last_outcome.result is not None
 
 
 def test_no_image_layer_error(make_napari_viewer, notifications):

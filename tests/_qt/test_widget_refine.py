@@ -50,7 +50,7 @@ def test_refine_updates_live_and_is_undoable(shown, fluo_sample, qtbot):
     np.testing.assert_array_equal(layer.data, before)
     scribbles = shown.new_scribbles()
     scribbles.data = truth_scribbles(fluo_sample.types)
-    shown.configure(iterations=150, stop_fraction=1.0, region_growing=False)
+    shown.configure(max_iterations=150, stop_fraction=1.0, region_growing=False)
     seen: list[np.ndarray] = []
     layer.events.set_data.connect(lambda e: seen.append(layer.data.copy()))
 
@@ -102,7 +102,7 @@ def test_cancel_stops_and_leaves_an_undoable_state(shown, fluo_sample, qtbot):
     layer = shown.prediction_layer
     before = shown.session.prediction.copy()
     shown.new_scribbles().data = truth_scribbles(fluo_sample.types)
-    shown.configure(iterations=5000, stop_fraction=1.0, region_growing=False)
+    shown.configure(max_iterations=5000, stop_fraction=1.0, region_growing=False)
     click(qtbot, shown._buttons.refine)
     worker = shown.worker
     qtbot.waitUntil(lambda: shown.live_updates >= 1, timeout=TIMEOUT_MS)
@@ -153,7 +153,7 @@ def test_points_and_boxes_join_scribbles(docked, fluo_sample, qtbot):
     cy, cx = int(ys.mean()), int(xs.mean())
     assert merged[cy, cx] == 2  # the box's core is "nucleus"
     assert merged[ys.min() - 2, cx] == 1  # the ring outside it is background
-    docked.configure(iterations=3)
+    docked.configure(max_iterations=3)
     docked.refine(wait=True)
     assert docked.last_outcome.result.n_scribbled >= int((merged > 0).sum()) * 0.99
 
@@ -176,7 +176,7 @@ def test_multi_class_relabel_in_one_refine(make_napari_viewer, he_model, qtbot):
     data[labels == second] = 4
     data[(labels == 0) & (np.arange(128)[:, None] % 9 == 0)] = 1
     scribbles.data = data
-    widget.configure(iterations=60, region_growing=False, learning_rate=0.05)
+    widget.configure(max_iterations=60, region_growing=False, learning_rate=0.05)
     before = widget.prediction_layer.data.copy()
     widget.refine(wait=True)
     result = widget.last_outcome.result
@@ -209,7 +209,7 @@ def test_3d_stack_scribbles_on_any_slice(make_napari_viewer, fluo_model, fluo_sa
     data[1] = truth_scribbles(types[1])
     data[3] = truth_scribbles(types[3], every=10)
     scribbles.data = data
-    widget.configure(iterations=15, region_growing=False)
+    widget.configure(max_iterations=15, region_growing=False)
     widget.refine(wait=True)
     result = widget.last_outcome.result
     assert result.n_scribbled == int((data > 0).sum())
@@ -229,7 +229,7 @@ def test_shortcuts_run_predict_refine_undo_redo_and_commit(shown, fluo_sample, q
     assert layer is not None and shown.session is not None
     before = shown.session.prediction.copy()
     shown.new_scribbles().data = truth_scribbles(fluo_sample.types)
-    shown.configure(iterations=3)
+    shown.configure(max_iterations=3)
     press(qtbot, canvas, SHORTCUTS["refine"])
     assert shown.busy
     shown.wait()
@@ -275,7 +275,7 @@ def test_live_updates_reach_the_canvas(make_napari_viewer, fluo_model, fluo_samp
     widget.new_scribbles().data = np.full((128, 128), target + 1, np.uint8)
     viewer.layers["nuclei scribbles"].visible = False
     _, was_shown = _shown(viewer, layer)
-    widget.configure(iterations=30, region_growing=False, learning_rate=0.5)
+    widget.configure(max_iterations=30, region_growing=False, learning_rate=0.5)
     widget.refine(wait=True)
     assert (layer.data == target).mean() > 0.9
     after, shown = _shown(viewer, layer)
@@ -310,7 +310,7 @@ def test_add_class_then_paint_refine_and_undo(docked, fluo_sample, notifications
     paint[::2] = 0
     paint[(fluo_sample.types == 0) & (np.arange(128)[:, None] % 8 == 1)] = 1
     scribbles.data = paint
-    docked.configure(iterations=50, region_growing=False)
+    docked.configure(max_iterations=50, region_growing=False)
     docked.refine(wait=True)
     after = docked.prediction_layer.data[fluo_sample.types > 0]
     assert np.mean(after == 2) > 0.85  # the nuclei took the new class ...
@@ -331,7 +331,7 @@ def test_save_model_by_click_and_load_it_back(shown, fluo_sample, qtbot, tmp_pat
     click(qtbot, shown._buttons.predict, shown)
     scribbles = shown.new_scribbles()
     scribbles.data = truth_scribbles(fluo_sample.types)
-    shown.configure(iterations=30, region_growing=False)
+    shown.configure(max_iterations=30, region_growing=False)
     click(qtbot, shown._buttons.refine, shown)
     target = tmp_path / "mine.safetensors"
     seen: list[str] = []
@@ -372,7 +372,7 @@ def test_switching_images_keeps_each_images_work(make_napari_viewer, fluo_model,
     for name, sample in samples.items():
         viewer.add_image(sample.image, name=name)
     widget = open_widget(viewer, image="a", model=fluo_model, device="cpu")
-    widget.configure(iterations=20, region_growing=False)
+    widget.configure(max_iterations=20, region_growing=False)
     click(qtbot, widget._buttons.predict, widget)
     before_a = widget.prediction_layer.data.copy()
     widget.new_scribbles().data = truth_scribbles(samples["a"].types, every=4)
@@ -426,7 +426,7 @@ def test_commit_and_export_keep_the_nuclei(shown, fluo_sample, qtbot, tmp_path):
     assert "nuclei corrected" not in offered  # never offered as scribbles
     # a later refinement changes the widget's layers, not the committed one
     shown.new_scribbles().data = truth_scribbles(fluo_sample.types)
-    shown.configure(iterations=20, region_growing=False)
+    shown.configure(max_iterations=20, region_growing=False)
     click(qtbot, shown._buttons.refine, shown)
     assert not np.array_equal(shown.instances_layer.data, shown_nuclei)
     np.testing.assert_array_equal(committed.data, shown_nuclei)
@@ -462,7 +462,7 @@ def test_apply_to_others_predicts_them_with_the_tuned_model(make_napari_viewer, 
         viewer.add_image(sample.image, name=name)
     viewer.add_image(synthetic_he((64, 64), seed=9).image, name="he", rgb=True)
     widget = open_widget(viewer, image="a", model=fluo_model, device="cpu")
-    widget.configure(iterations=20, region_growing=False)
+    widget.configure(max_iterations=20, region_growing=False)
     click(qtbot, widget._buttons.predict, widget)
     assert not widget._buttons.apply.enabled  # nothing tuned yet
     widget.new_scribbles().data = truth_scribbles(samples["a"].types, every=4)

@@ -49,7 +49,7 @@ def test_gui_handles_clicks_during_refinement(shown, fluo_sample, qtbot):
     click(qtbot, shown._buttons.predict, shown)
     scribbles = shown.new_scribbles()
     scribbles.data = truth_scribbles(fluo_sample.types)
-    shown.configure(iterations=5000, stop_fraction=1.0, region_growing=True)
+    shown.configure(max_iterations=5000, stop_fraction=1.0, region_growing=True)
     click(qtbot, shown._buttons.refine)
     worker = shown.worker
     qtbot.waitUntil(lambda: shown.live_updates >= 1, timeout=TIMEOUT_MS)
@@ -72,7 +72,7 @@ def test_closing_with_a_live_update_pending_is_clean(shown, fluo_sample, qtbot, 
     click(qtbot, shown._buttons.predict, shown)
     layer = shown.prediction_layer
     shown.new_scribbles().data = truth_scribbles(fluo_sample.types)
-    shown.configure(iterations=5000, stop_fraction=1.0, region_growing=False)
+    shown.configure(max_iterations=5000, stop_fraction=1.0, region_growing=False)
     click(qtbot, shown._buttons.refine)
     qtbot.waitUntil(lambda: shown.live_updates >= 1, timeout=TIMEOUT_MS)
     live = shown._refinement.live  # superqt's qthrottled: a Future per call
@@ -98,7 +98,7 @@ def test_closing_with_a_live_update_pending_is_clean(shown, fluo_sample, qtbot, 
 def test_closing_mid_refinement_stops_the_worker(docked, fluo_sample, qtbot):
     docked.predict(wait=True)
     docked.new_scribbles().data = truth_scribbles(fluo_sample.types)
-    docked.configure(iterations=5000, region_growing=False)
+    docked.configure(max_iterations=5000, region_growing=False)
     worker = docked.refine()
     qtbot.waitUntil(lambda: docked.live_updates >= 1, timeout=TIMEOUT_MS)
     viewer = docked.viewer

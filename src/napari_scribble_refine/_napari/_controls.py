@@ -1,7 +1,7 @@
-"""The widget's composite controls: refinement settings, the class palette, the action buttons.
+"""The widget's composite controls: the class palette and the action buttons.
 
-None knows layers or the engine beyond
-:class:`~napari_scribble_refine.core.config.RefineConfig`; the widget wires them.
+Neither knows layers or the engine; the widget wires them. (The settings form is
+:mod:`._settings_form`.)
 """
 
 from __future__ import annotations
@@ -10,16 +10,8 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from magicgui.widgets import (
-    CheckBox,
-    Container,
-    FloatSpinBox,
-    ProgressBar,
-    PushButton,
-    SpinBox,
-)
+from magicgui.widgets import Container, ProgressBar, PushButton
 
-from ..core.config import RefineConfig
 from ._layers import scribble_colour_hex
 
 if TYPE_CHECKING:
@@ -33,199 +25,6 @@ SHORTCUTS = {
     "commit": "Shift-C",
 }
 """The widget's keys: action -> napari key binding."""
-
-
-class RefineSettings(Container):
-    """Refinement parameters with good defaults; the rarely changed ones fold away.
-
-    The settings map onto :class:`RefineConfig` (paper names in brackets), plus two that
-    shape point and box feedback.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(labels=True)
-        d = RefineConfig()
-        self.iterations = SpinBox(
-            label="Iterations (M)", value=d.max_iterations, min=1, max=10_000,
-            tooltip="The most optimiser steps one Refine takes.",
-        )  # fmt: skip
-        self.learning_rate = FloatSpinBox(
-            label="Learning rate (η)", value=d.learning_rate, min=1e-5, max=10.0, step=0.01,
-            tooltip="Step size of the head's fine-tuning.",
-        )  # fmt: skip
-        self.alpha = FloatSpinBox(
-            label="Proximity (α)", value=d.proximity_weight, min=0.0, max=100.0, step=0.01,
-            tooltip="How strongly the tuned head is kept near the pre-trained one.",
-        )  # fmt: skip
-        for box in (self.learning_rate, self.alpha):
-            box.native.setDecimals(4)
-        self.region_growing = CheckBox(
-            text="Region growing", value=d.region_growing,
-            tooltip="Spread each scribble to similar neighbouring pixels before refining.",
-        )  # fmt: skip
-        self.grow_threshold = FloatSpinBox(
-            label="Growing threshold (T)", value=d.grow_threshold, min=0.0, max=1.0, step=0.01,
-            tooltip="Largest intensity step (image range scaled to 0-1) a scribble grows over.",
-        )  # fmt: skip
-        self.show_advanced = CheckBox(
-            text="Advanced settings", value=False, tooltip="Show rarely changed settings."
-        )
-        self.n_layers = SpinBox(
-            label="Layers to tune (l)", value=d.n_layers, min=1, max=20,
-            tooltip="How many of the network's final layers are fine-tuned.",
-        )  # fmt: skip
-        self.momentum = FloatSpinBox(
-            label="Momentum", value=d.momentum, min=0.0, max=0.99, step=0.05,
-            tooltip="SGD momentum (0 = the paper's plain SGD).",
-        )  # fmt: skip
-        self.stop_fraction = FloatSpinBox(
-            label="Stop when correct", value=d.stop_fraction, min=0.01, max=1.0, step=0.05,
-            tooltip="Stop once this fraction of scribbled pixels is predicted as its class.",
-        )  # fmt: skip
-        self.grow_max_distance = SpinBox(
-            label="Growing reach (px)", value=d.grow_max_distance, min=0, max=1000,
-            tooltip="How far a grown scribble may reach from its stroke.",
-        )  # fmt: skip
-        self.pin_scribbles = CheckBox(
-            text="Show scribbles in the result", value=d.pin_scribbles,
-            tooltip="Scribbled (and grown) pixels keep their class in the refined prediction,"
-            " even where the tuned layers predict otherwise.",
-        )  # fmt: skip
-        self.trust_region = CheckBox(
-            text="Change only near strokes and look-alikes", value=d.trust_region,
-            tooltip="Keep the tuned layers' changes where they touch a stroke of their class or"
-            " look like what a stroke corrected; elsewhere the pre-trained result stays.",
-        )  # fmt: skip
-        self.follow_edges = CheckBox(
-            text="Follow image edges", value=d.crf_weight > 0,
-            tooltip="An edge-aware CRF aligns the result with the image's edges and settles"
-            " uncertain pixels by their neighbours.",
-        )  # fmt: skip
-        self.type_by_instance = CheckBox(
-            text="One class per nucleus", value=d.type_by_instance,
-            tooltip="Every nucleus takes the class scribbled on it, else its majority class"
-            " (models with several nucleus classes).",
-        )  # fmt: skip
-        self.point_radius = SpinBox(
-            label="Point radius (px)", value=3, min=0, max=100,
-            tooltip="Radius of the disk each point constrains.",
-        )  # fmt: skip
-        self.box_ring = SpinBox(
-            label="Box ring (px)", value=3, min=0, max=100,
-            tooltip="Width of the background ring outside each box.",
-        )  # fmt: skip
-        self.seed = SpinBox(
-            label="Seed", value=d.seed, min=0, max=2**31 - 1, tooltip="Random seed."
-        )
-        self.advanced = Container(
-            widgets=[
-                self.n_layers,
-                self.momentum,
-                self.stop_fraction,
-                self.grow_max_distance,
-                self.pin_scribbles,
-                self.trust_region,
-                self.follow_edges,
-                self.type_by_instance,
-                self.point_radius,
-                self.box_ring,
-                self.seed,
-            ],
-            labels=True,
-            visible=False,
-        )
-        self.extend(
-            [
-                self.iterations,
-                self.learning_rate,
-                self.alpha,
-                self.region_growing,
-                self.grow_threshold,
-                self.show_advanced,
-                self.advanced,
-            ]
-        )
-        self.show_advanced.changed.connect(self._on_show_advanced)
-        self.region_growing.changed.connect(self._on_growing)
-        self.margins = (0, 0, 0, 0)
-
-    _NAMES = (
-        "iterations",
-        "learning_rate",
-        "alpha",
-        "region_growing",
-        "grow_threshold",
-        "n_layers",
-        "momentum",
-        "stop_fraction",
-        "grow_max_distance",
-        "pin_scribbles",
-        "trust_region",
-        "follow_edges",
-        "type_by_instance",
-        "point_radius",
-        "box_ring",
-        "seed",
-    )
-
-    def _on_show_advanced(self, shown: bool) -> None:
-        self.advanced.visible = shown
-
-    def _on_growing(self, on: bool) -> None:
-        self.grow_threshold.enabled = on
-
-    def apply(self, **settings: Any) -> None:
-        """Set some settings by name.
-
-        Parameters
-        ----------
-        **settings
-            Any of ``iterations``, ``learning_rate``, ``alpha``, ``region_growing``,
-            ``grow_threshold``, ``n_layers``, ``momentum``, ``stop_fraction``,
-            ``grow_max_distance``, ``pin_scribbles``, ``trust_region``, ``follow_edges``,
-            ``type_by_instance``, ``point_radius``, ``box_ring``, ``seed``.
-
-        Raises
-        ------
-        TypeError
-            If a name is unknown.
-        """
-        unknown = set(settings) - set(self._NAMES)
-        if unknown:
-            raise TypeError(f"Unknown setting(s) {sorted(unknown)}; valid: {sorted(self._NAMES)}")
-        for name, value in settings.items():
-            getattr(self, name).value = value
-
-    def config(self, device: str) -> RefineConfig:
-        """Return the settings as a refinement configuration.
-
-        Parameters
-        ----------
-        device : str
-            The device chosen in the widget.
-
-        Returns
-        -------
-        RefineConfig
-            A validated configuration.
-        """
-        return RefineConfig(
-            max_iterations=self.iterations.value,
-            learning_rate=self.learning_rate.value,
-            momentum=self.momentum.value,
-            proximity_weight=self.alpha.value,
-            n_layers=self.n_layers.value,
-            stop_fraction=self.stop_fraction.value,
-            region_growing=self.region_growing.value,
-            grow_threshold=self.grow_threshold.value,
-            grow_max_distance=self.grow_max_distance.value,
-            pin_scribbles=self.pin_scribbles.value,
-            trust_region=self.trust_region.value,
-            crf_weight=RefineConfig.crf_weight if self.follow_edges.value else 0.0,
-            type_by_instance=self.type_by_instance.value,
-            seed=self.seed.value,
-            device=device,
-        )
 
 
 def _text_on(colour: str) -> str:

@@ -29,12 +29,13 @@ from napari.utils.notifications import show_error, show_info
 
 from . import _layers, _tasks
 from ._brush import Brush
-from ._controls import SHORTCUTS, ActionButtons, RefineSettings, row
+from ._controls import SHORTCUTS, ActionButtons, row
 from ._image_sessions import ImageSessions
 from ._keeping import Keeping
 from ._model_picker import FROM_FILE, ModelPicker
 from ._pickers import LayerPickers
 from ._refining import LIVE_UPDATE_MS, Refinement
+from ._settings_form import RefineSettings
 from ._viewer_hooks import ViewerHooks
 from ._workers import Failed, TaskRunner
 
@@ -123,7 +124,7 @@ class ScribbleRefineWidget(Container):
             value="auto",
             tooltip="Where the network runs; 'auto' takes a GPU when there is one.",
         )
-        self._settings = RefineSettings()
+        self._settings = RefineSettings(on_invalid=self._set_status)
         self._buttons = ActionButtons()
         self._status = Label(value="Choose an image, then Predict.")
         self._status.tooltip = "What the widget is doing."
@@ -152,7 +153,7 @@ class ScribbleRefineWidget(Container):
         self._new_points.changed.connect(self.new_points)
         self._new_boxes.changed.connect(self.new_boxes)
         self._device.changed.connect(self._on_device_changed)
-        self._settings.n_layers.changed.connect(self._on_head_depth_changed)
+        self._settings.inputs["n_layers"].changed.connect(self._on_head_depth_changed)
         buttons, keeping = self._buttons, self._keeping
         for button, action in (
             (buttons.predict, self.predict),
@@ -243,11 +244,9 @@ class ScribbleRefineWidget(Container):
         device : str, optional
             ``"auto"``, ``"cpu"``, ``"cuda:0"``, ...
         **settings
-            ``iterations``, ``learning_rate``, ``alpha``, ``region_growing``,
-            ``grow_threshold``, ``n_layers``, ``momentum``, ``stop_fraction``,
-            ``grow_max_distance``, ``pin_scribbles``, ``trust_region``, ``follow_edges``,
-            ``type_by_instance``, ``point_radius``, ``box_ring``,
-            ``seed``.
+            Any :class:`RefineConfig` field but ``device`` (``max_iterations``,
+            ``learning_rate``, ``proximity_weight``, ``region_growing``, ...), and
+            ``point_radius`` and ``box_ring`` of point and box feedback.
 
         Raises
         ------
@@ -274,6 +273,11 @@ class ScribbleRefineWidget(Container):
         -------
         RefineConfig
             A validated configuration.
+
+        Raises
+        ------
+        ValueError, TypeError
+            With the config's own message when a setting is not valid.
         """
         return self._settings.config(str(self._device.value))
 
@@ -311,8 +315,8 @@ class ScribbleRefineWidget(Container):
         return self._pickers.feedback(
             image,
             len(self._brush.class_names),
-            self._settings.point_radius.value,
-            self._settings.box_ring.value,
+            self._settings.inputs["point_radius"].value,
+            self._settings.inputs["box_ring"].value,
         )
 
     # ------------------------------------------------------------------ brush, new layers
