@@ -35,6 +35,7 @@ from ._keeping import Keeping
 from ._model_picker import FROM_FILE, ModelPicker
 from ._pickers import LayerPickers
 from ._refining import LIVE_UPDATE_MS, Refinement
+from ._retype import LEGEND, NucleusRetype
 from ._settings_form import RefineSettings
 from ._viewer_hooks import ViewerHooks
 from ._workers import Failed, TaskRunner
@@ -79,6 +80,10 @@ class ScribbleRefineWidget(Container):
         self._brush = Brush(viewer, self._pickers, self._set_status)
         self._models = ModelPicker(self._start, lambda: runner.busy, self._on_model_loaded,
                                    self.native)  # fmt: skip
+        self._retype = NucleusRetype(
+            viewer, self._pickers, self._images, class_names=lambda: self._brush.class_names,
+            busy=lambda: runner.busy, on_status=self._set_status,
+        )  # fmt: skip
         self._build()
         parts = {"pickers": self._pickers, "images": self._images, "brush": self._brush}
         self._refinement = Refinement(
@@ -86,6 +91,7 @@ class ScribbleRefineWidget(Container):
             config=self.config, feedback=self._feedback, progress=self._buttons.progress,
             on_status=self._set_status,
         )  # fmt: skip
+        self._refinement.on_outcome.append(self._retype.forget)
         self._keeping = Keeping(
             viewer, **parts, refinement=self._refinement, start=self._start,
             busy=lambda: runner.busy, config=self.config, parent=self.native,
@@ -126,6 +132,8 @@ class ScribbleRefineWidget(Container):
         )
         self._settings = RefineSettings(on_invalid=self._set_status)
         self._buttons = ActionButtons()
+        self._legend = Label(value=LEGEND, tooltip="What the keys and clicks do.")
+        self._legend.native.setWordWrap(True)
         self._status = Label(value="Choose an image, then Predict.")
         self._status.tooltip = "What the widget is doing."
         pickers = self._pickers
@@ -137,11 +145,13 @@ class ScribbleRefineWidget(Container):
                 pickers.points,
                 pickers.boxes,
                 self._brush.palette,
+                row(self._retype.button),
                 row(self._class_name, self._buttons.add_class),
                 self._models.combo,
                 self._device,
                 self._settings,
                 *self._buttons.rows(),
+                self._legend,
                 self._status,
             ]
         )
@@ -305,6 +315,7 @@ class ScribbleRefineWidget(Container):
 
     def _on_scribbles_changed(self) -> None:
         self._pickers.follow_brush(self._brush.show_label)
+        self._retype.follow()
         self._brush.show_label()
         self._update_buttons()
 
@@ -524,6 +535,7 @@ class ScribbleRefineWidget(Container):
         self._refinement.live.cancel()
         self._hooks.disconnect()
         self._pickers.follow_brush(None)
+        self._retype.button.native.setChecked(False)  # unhooks the scribble layer
 
 
 def _call(action: Callable[[], Any], *_: Any) -> None:
