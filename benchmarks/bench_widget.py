@@ -106,7 +106,7 @@ def refine_gaps(size: int, iterations: int, mode: str = "strokes") -> dict:
         _run_until_done(widget.predict())
         predict_gaps = _gaps(ticks)
         widget.new_scribbles().data = _scribbles(sample, mode)
-        widget.configure(iterations=iterations, stop_fraction=1.0, region_growing=True)
+        widget.configure(max_iterations=iterations, stop_fraction=1.0, region_growing=True)
         ticks.clear()
         t0 = time.perf_counter()
         _run_until_done(widget.refine(), settle_ms=0)
