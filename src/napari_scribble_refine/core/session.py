@@ -60,6 +60,7 @@ from .refine_loop import (
 from .scribbles import grow_scribbles, validate_scribbles
 from .steps import RefineResult, RefineStep
 from .trust_region import Describe, accepted_changes
+from .type_classifier import classify_types
 from .type_spreading import spread_types
 
 __all__ = ["RefineSession"]
@@ -458,8 +459,8 @@ class RefineSession:
         height, width = self.spatial_shape[-2:]
         return settings is not None and settings.crf_weight > 0 and height * width <= CRF_MAX_PIXELS
 
-    def _guide(self, index: int) -> torch.Tensor:
-        """Grey image [Y, X] of one slice scaled to about [0, 1] (the CRF's guide)."""
+    def _scaled_plane(self, index: int) -> np.ndarray:
+        """One slice (channels kept) scaled to about [0, 1], float64."""
         if self._grow_range is None:
             from .region_growing import robust_intensity_range
 
@@ -468,8 +469,13 @@ class RefineSession:
         low, high = self._grow_range
         plane = self._image[index] if self.image_info.is_3d else self._image
         plane = plane.astype(np.float64)  # float16/32 images near their limits overflow
+        return (plane - low) / (high - low)
+
+    def _guide(self, index: int) -> torch.Tensor:
+        """Grey image [Y, X] of one slice scaled to about [0, 1] (the CRF's guide)."""
+        plane = self._scaled_plane(index)
         grey = plane.mean(-1) if self.image_info.is_rgb else plane
-        return torch.from_numpy(((grey - low) / (high - low)).astype(np.float32))
+        return torch.from_numpy(grey.astype(np.float32))
 
     def _maps(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Class map (int32) and the probability of each pixel's class (float32), one slice."""
@@ -595,6 +601,24 @@ class RefineSession:
                 class_map[index] = type_by_instance(
                     labels[index], class_map[index], scribbles[index]
                 )
+                if cons.settings.type_classifier != "off":
+                    extra = None
+                    if cons.settings.type_classifier == "both":
+                        ys, xs = np.nonzero(np.ones(labels[index].shape, dtype=bool))
+                        extra = self._pixel_features(index, ys, xs).T.reshape(
+                            *labels[index].shape, -1
+                        )
+                    prior = None
+                    if cons.settings.type_classifier_prior > 0:
+                        logp = self._slice_logits(index)[0]
+                        prior = torch.cat(
+                            [logp[:1], logp[1:].log_softmax(0)]
+                        ).numpy() * cons.settings.type_classifier_prior
+                    class_map[index] = classify_types(
+                        self._scaled_plane(index), labels[index], class_map[index],
+                        scribbles[index], seed=cons.settings.seed, extra=extra,
+                        margin=cons.settings.type_classifier_margin, prior=prior,
+                    )  # fmt: skip
                 if cons.settings.type_spread:
                     class_map[index] = spread_types(
                         labels[index], class_map[index], scribbles[index],
