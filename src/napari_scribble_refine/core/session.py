@@ -611,9 +611,10 @@ class RefineSession:
                     prior = None
                     if cons.settings.type_classifier_prior > 0:
                         logp = self._slice_logits(index)[0]
-                        prior = torch.cat(
-                            [logp[:1], logp[1:].log_softmax(0)]
-                        ).numpy() * cons.settings.type_classifier_prior
+                        prior = (
+                            torch.cat([logp[:1], logp[1:].log_softmax(0)]).numpy()
+                            * cons.settings.type_classifier_prior
+                        )
                     class_map[index] = classify_types(
                         self._scaled_plane(index), labels[index], class_map[index],
                         scribbles[index], seed=cons.settings.seed, extra=extra,
