@@ -13,12 +13,12 @@ from napari_scribble_refine.core.models.hovernet_adapter import (
     PANNUKE_TYPES,
     HoVerNetModel,
     default_class_names,
-    prepare_image,
 )
 from napari_scribble_refine.core.models.hovernet_checkpoint import (
     load_hovernet_safetensors,
     save_hovernet_safetensors,
 )
+from napari_scribble_refine.core.models.hovernet_normalisation import prepare_image
 
 # a valid-padded (official geometry) network small enough for quick tests
 TINY_VALID = dict(

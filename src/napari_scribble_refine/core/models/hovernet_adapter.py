@@ -35,7 +35,6 @@ import dataclasses
 import functools
 import math
 from collections.abc import Mapping, Sequence
-from numbers import Real
 from pathlib import Path
 from typing import Any
 
@@ -46,17 +45,17 @@ from torch import nn
 
 from ..hovernet_postprocess import hv_instances, instance_info
 from ._grow import check_new_class, grow_output_layer
-from ._prepare import PERCENTILES, to_input_tensor, working_float
+from ._prepare import PERCENTILES, to_input_tensor
 from .base import BatchedFeatures, Features, SegmentationModel
 from .hovernet import HoVerNet
 from .hovernet_checkpoint import LoadedHoVerNet, save_hovernet_safetensors
+from .hovernet_normalisation import check_normalisation, prepare_image
 
-__all__ = ["PANNUKE_TYPES", "HoVerNetModel", "default_class_names", "prepare_image"]
+__all__ = ["PANNUKE_TYPES", "HoVerNetModel", "cpu_has_native_bf16", "default_class_names"]
 
 PANNUKE_TYPES = ("neoplastic", "inflammatory", "connective", "dead", "non-neoplastic epithelial")
 """PanNuke type ids 1..5 (reference a.2)."""
 
-_NORMALISATION_KINDS = ("none", "uint8", "percentile", "minmax")
 _PRECISIONS = ("auto", "float32", "bfloat16")
 
 
@@ -95,79 +94,6 @@ def default_class_names(network: HoVerNet) -> list[str]:
     return ["background", *(f"type {i}" for i in range(1, c.nr_types))]
 
 
-def _check_normalisation(normalisation: Mapping[str, Any] | None) -> dict[str, Any]:
-    norm = dict(normalisation or {"kind": "none"})
-    kind = norm.setdefault("kind", "none")
-    if kind not in _NORMALISATION_KINDS:
-        raise ValueError(
-            f"unknown normalisation kind {kind!r}; expected one of {_NORMALISATION_KINDS}"
-        )
-    if kind == "percentile":
-        norm.setdefault("low", PERCENTILES[0])
-        norm.setdefault("high", PERCENTILES[1])
-        low, high = norm["low"], norm["high"]
-        numbers = all(isinstance(v, Real) and not isinstance(v, bool) for v in (low, high))
-        if not (numbers and 0 <= low < high <= 100):
-            raise ValueError(
-                "percentile normalisation needs 0 <= low < high <= 100, got "
-                f"low={low!r}, high={high!r}"
-            )
-    return norm
-
-
-def prepare_image(image: np.ndarray, normalisation: Mapping[str, Any] | None) -> np.ndarray:
-    """Scale an image (or stack) to a HoVer-Net's input range, as float32.
-
-    Statistics are taken over the whole array, so tiles and slices are scaled alike.
-
-    Parameters
-    ----------
-    image : numpy.ndarray
-        Any real dtype and shape; not modified.
-    normalisation : mapping or None
-        ``{"kind": "none"}``: cast only. ``{"kind": "uint8"}`` (official models, which take
-        RGB 0-255): uint8 images as they are, float images with values in [0, 1] times 255,
-        anything else percentile-scaled (1, 99.8) to 0-255. ``{"kind": "percentile", "low":
-        1.0, "high": 99.8}``: those percentiles map to 0 and 1. ``{"kind": "minmax"}``: the
-        minimum and maximum map to 0 and 1.
-
-    Returns
-    -------
-    numpy.ndarray
-        float32 array of the image's shape.
-    """
-    norm = _check_normalisation(normalisation)
-    kind = norm["kind"]
-    data = np.asarray(image)
-    if kind == "none":
-        return np.array(data, dtype=np.float32, copy=True)
-    if kind == "uint8" and data.dtype == np.uint8:
-        return data.astype(np.float32)
-    as_float = working_float(data)  # float64 stays float64 until scaled
-    if kind == "uint8":
-        if (
-            np.issubdtype(data.dtype, np.floating)
-            and as_float.size
-            and as_float.min() >= 0
-            and as_float.max() <= 1
-        ):
-            return (as_float * 255).astype(np.float32, copy=False)
-        return _scale(as_float, *np.percentile(as_float, PERCENTILES)) * np.float32(255)
-    if kind == "percentile":
-        low, high = np.percentile(as_float, (float(norm["low"]), float(norm["high"])))
-    else:
-        low, high = float(as_float.min()), float(as_float.max())
-    return _scale(as_float, low, high)
-
-
-def _scale(data: np.ndarray, low: float, high: float) -> np.ndarray:
-    if high <= low:
-        low, high = float(data.min()), float(data.max())
-    scale = 1.0 / (high - low) if high > low else 1.0
-    kind = data.dtype.type  # float32, or float64 for float64 images
-    return ((data - kind(low)) * kind(scale)).astype(np.float32, copy=False)
-
-
 class HoVerNetModel(BatchedFeatures, SegmentationModel):
     """A HoVer-Net (official checkpoint or built-in) as a refinable segmentation model.
 
@@ -180,8 +106,9 @@ class HoVerNetModel(BatchedFeatures, SegmentationModel):
         Classes, index 0 = background: 2 names for untyped models (NP channels), ``nr_types``
         names for typed models (TP channels). Default: :func:`default_class_names`.
     normalisation : mapping, optional
-        See :func:`prepare_image`. Default: the loader's, else ``{"kind": "uint8"}`` for
-        3-channel valid-padded (official) models and ``{"kind": "percentile"}`` otherwise.
+        See :func:`~.hovernet_normalisation.prepare_image`. Default: the loader's, else
+        ``{"kind": "uint8"}`` for 3-channel valid-padded (official) models and
+        ``{"kind": "percentile"}`` otherwise.
     n_layers : {1, 2, 3}
         Head depth (see the module docstring).
     name : str, optional
@@ -252,7 +179,7 @@ class HoVerNetModel(BatchedFeatures, SegmentationModel):
         if normalisation is None:
             official = config.padding == "valid" and config.in_channels == 3
             normalisation = {"kind": "uint8"} if official else {"kind": "percentile"}
-        self.normalisation = _check_normalisation(normalisation)
+        self.normalisation = check_normalisation(normalisation)
         self.batch_size = max(1, int(batch_size))
         if config.padding == "valid":
             size = window if window is not None else (256 if config.mode == "fast" else 270)
@@ -340,7 +267,7 @@ class HoVerNetModel(BatchedFeatures, SegmentationModel):
 
     # ------------------------------------------------------------------ images
     def normalise_image(self, image: np.ndarray) -> np.ndarray:
-        """Scale a whole image or stack to the network's input range (see :func:`prepare_image`).
+        """Scale a whole image or stack to the network's input range (:func:`prepare_image`).
 
         Parameters
         ----------

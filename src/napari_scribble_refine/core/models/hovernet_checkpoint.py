@@ -23,7 +23,8 @@ from typing import Any
 
 import torch
 
-from .hovernet import HoVerNet, HoVerNetConfig
+from .hovernet import HoVerNet
+from .hovernet_config import HoVerNetConfig
 
 __all__ = [
     "LoadedHoVerNet",
@@ -65,7 +66,7 @@ class LoadedHoVerNet:
         Class names stored with the weights (None for official files, which carry none).
     normalisation : dict
         How images are mapped to the network's input (see
-        :func:`napari_scribble_refine.core.models.hovernet_adapter.prepare_image`);
+        :func:`napari_scribble_refine.core.models.hovernet_normalisation.prepare_image`);
         ``{"kind": "uint8"}`` (RGB 0-255) for official files.
     metadata : dict of str to str
         Every other metadata entry of the file (or, for official files, a description of
