@@ -1,4 +1,4 @@
-"""What the head trains on and its loss (``core/refine_loop.py``), against hand computations.
+"""What the head trains on and its loss (``core/objective.py``), against hand computations.
 
 Small untrained networks give the three geometries: a point-wise head on cached features, a
 spatial head (a 3x3 convolution, halo 1) on cached features, and an opaque model whose head
@@ -14,10 +14,10 @@ import torch
 from _tiny_nets import SkipHeadNet
 from torch import nn
 
-from napari_scribble_refine.core import refine_loop
+from napari_scribble_refine.core import objective
 from napari_scribble_refine.core.config import RefineConfig
 from napari_scribble_refine.core.models.module import TorchModuleModel
-from napari_scribble_refine.core.refine_loop import (
+from napari_scribble_refine.core.objective import (
     IGNORE,
     Anchored,
     Batch,
@@ -173,7 +173,7 @@ def test_pointwise_batches_are_cut_in_chunks_of_point_chunk(monkeypatch):
     targets, _, _ = _scribbled_targets()
     weights = (targets >= 0).astype(np.float32) / 5
     whole = build_batches(model, features, targets, weights)[0]
-    monkeypatch.setattr(refine_loop, "POINT_CHUNK", 2)
+    monkeypatch.setattr(objective, "POINT_CHUNK", 2)
     chunks = build_batches(model, features, targets, weights)
     assert [b.target.shape[-1] for b in chunks] == [2, 2, 1]
     torch.testing.assert_close(
@@ -196,7 +196,7 @@ def test_pointwise_keep_batch_is_appended_only_with_a_keep_weight():
 
 
 def test_keep_batch_samples_free_pixels_and_records_the_anchor_output(monkeypatch):
-    monkeypatch.setattr(refine_loop, "KEEP_SAMPLES", 5)
+    monkeypatch.setattr(objective, "KEEP_SAMPLES", 5)
     model = _pointwise()
     before = _params(model)
     features = _features("trunk", (1, 4, 4, 4))
@@ -225,7 +225,7 @@ def test_keep_batch_samples_free_pixels_and_records_the_anchor_output(monkeypatc
 
 
 def test_keep_batch_takes_every_free_pixel_when_there_are_few(monkeypatch):
-    monkeypatch.setattr(refine_loop, "KEEP_SAMPLES", 5)
+    monkeypatch.setattr(objective, "KEEP_SAMPLES", 5)
     model = _pointwise()
     features = _features("trunk", (1, 4, 2, 2))
     targets = np.array([[[0, IGNORE], [IGNORE, 1]]], np.int64)
@@ -277,7 +277,7 @@ def _spatial_case() -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_spatial_batches_are_grid_cells_grown_by_the_halo_with_the_loss_in_the_core(monkeypatch):
-    monkeypatch.setattr(refine_loop, "CROP_CORE", 8)
+    monkeypatch.setattr(objective, "CROP_CORE", 8)
     model = _spatial()
     features = _features("trunk", (2, 4, 20, 20))
     targets, weights = _spatial_case()
@@ -302,7 +302,7 @@ def test_spatial_batches_are_grid_cells_grown_by_the_halo_with_the_loss_in_the_c
 
 
 def test_spatial_keep_term_covers_the_unscribbled_core_pixels(monkeypatch):
-    monkeypatch.setattr(refine_loop, "CROP_CORE", 8)
+    monkeypatch.setattr(objective, "CROP_CORE", 8)
     model = _spatial()
     before = _params(model)
     features = _features("trunk", (2, 4, 20, 20))
@@ -501,7 +501,7 @@ def test_dense_batch_loss_counts_only_scribbled_pixels():
 
 
 def test_pointwise_keep_batch_uses_the_seed_and_anchor_given_default_seed_zero(monkeypatch):
-    monkeypatch.setattr(refine_loop, "KEEP_SAMPLES", 5)  # a sample: the seed matters
+    monkeypatch.setattr(objective, "KEEP_SAMPLES", 5)  # a sample: the seed matters
     model = _pointwise()
     features = _features("trunk", (2, 4, 5, 6))
     targets, _, _ = _scribbled_targets()
@@ -521,7 +521,7 @@ def test_pointwise_keep_batch_uses_the_seed_and_anchor_given_default_seed_zero(m
 def test_spatial_slices_with_only_background_scribbles_count_and_empty_ones_are_skipped(
     monkeypatch,
 ):
-    monkeypatch.setattr(refine_loop, "CROP_CORE", 8)
+    monkeypatch.setattr(objective, "CROP_CORE", 8)
     model = _spatial()
     features = _features("trunk", (3, 4, 20, 20))
     targets = np.full((3, 20, 20), IGNORE, np.int64)  # slice 0: nothing

@@ -9,7 +9,7 @@ from _tiny_nets import disk_labels, fraction, scribble_disks
 from scipy import ndimage
 
 from napari_scribble_refine.core.config import RefineConfig
-from napari_scribble_refine.core.refine_loop import pixel_weights
+from napari_scribble_refine.core.objective import pixel_weights
 from napari_scribble_refine.core.region_growing import grow_scribbles
 from napari_scribble_refine.core.session import RefineSession
 
@@ -155,11 +155,8 @@ def test_keep_term_stops_single_class_strokes_flipping_the_image(model3, scene, 
 def test_keep_term_is_flat_at_the_anchor_and_pulls_a_drifted_head_back(model2, scene, config):
     import torch
 
-    from napari_scribble_refine.core.refine_loop import (
-        MomentumSGD,
-        build_batches,
-        loss_and_gradients,
-    )
+    from napari_scribble_refine.core.objective import build_batches, loss_and_gradients
+    from napari_scribble_refine.core.optimiser import MomentumSGD
 
     image, kinds = scene
     session = RefineSession(model2, image, config)

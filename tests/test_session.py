@@ -12,7 +12,7 @@ from _tiny_nets import disk_labels, disks_scene, fraction, scribble_disks
 
 from napari_scribble_refine.core.config import RefineConfig
 from napari_scribble_refine.core.models.module import TorchModuleModel
-from napari_scribble_refine.core.refine_loop import proximity
+from napari_scribble_refine.core.optimiser import proximity
 from napari_scribble_refine.core.session import RefineSession
 from napari_scribble_refine.core.steps import RefineResult, RefineStep
 
@@ -539,7 +539,7 @@ def test_spatial_head_trains_on_crops_with_the_same_loss(unet2, scene, config):
         unet2, ["background", "nucleus"], head=["dec", "final"], size_multiple=2
     )
     assert model.trunk_is_cached and not model.head_is_pointwise and model.head_halo >= 1
-    from napari_scribble_refine.core.refine_loop import build_batches, scribble_targets
+    from napari_scribble_refine.core.objective import build_batches, scribble_targets
 
     session = RefineSession(model, image, config)
     scribbles = _dim_as_background(kinds, [0, 1])
@@ -697,15 +697,15 @@ def test_default_config(model2, scene):
 
 @pytest.mark.parametrize("head", [None, ["dec", "final"]])
 def test_head_runs_in_pieces_without_changing_the_result(monkeypatch, unet2, config, head):
-    import napari_scribble_refine.core.session as session_module
+    import napari_scribble_refine.core.final_prediction as final_prediction
 
     image = disks_scene(np.random.default_rng(4), size=100, n_bright=5)[0][:, :70]
     model = TorchModuleModel(unet2, ["background", "nucleus"], head=head, size_multiple=2)
     session = RefineSession(model, image, config)
     whole, whole_map = session.logits(), session.predict()
-    monkeypatch.setattr(session_module, "HEAD_CHUNK_PIXELS", 400)
+    monkeypatch.setattr(final_prediction, "HEAD_CHUNK_PIXELS", 400)
     torch.testing.assert_close(session.logits(), whole, rtol=1e-5, atol=1e-5)
-    session._version += 1  # force the class map to be recomputed in pieces
+    session._final_prediction.head_changed()  # force the class map to be recomputed in pieces
     np.testing.assert_array_equal(session.predict(), whole_map)
 
 

@@ -33,6 +33,38 @@ def _nbytes(value: object) -> int:
     return 0  # class names and other small bookkeeping
 
 
+def grown_anchor(anchor: Anchor, head: torch.nn.Module) -> Anchor:
+    """Return the proximity reference of a head whose output layer just grew (a new class).
+
+    Parameters
+    ----------
+    anchor : Anchor
+        The reference before the class was added.
+    head : torch.nn.Module
+        The head with its new class.
+
+    Returns
+    -------
+    Anchor
+        Per parameter: the old reference where the shape is unchanged (the current value
+        where there was none), else the old reference with the new part's current values
+        appended along the axis that grew.
+    """
+    grown = {}
+    for pname, p in head.named_parameters():
+        ref = anchor.get(pname)
+        current = p.detach().clone()
+        if ref is None or ref.shape == current.shape:
+            grown[pname] = current if ref is None else ref
+            continue
+        axis = next(
+            i for i, (a, b) in enumerate(zip(ref.shape, current.shape, strict=True)) if a != b
+        )
+        extra = current.narrow(axis, ref.shape[axis], current.shape[axis] - ref.shape[axis])
+        grown[pname] = torch.cat([ref.to(current.device), extra], dim=axis)
+    return grown
+
+
 @dataclass(frozen=True, eq=False)
 class Constraints:
     """The scribbles a head state was tuned on, and how its prediction uses them.
@@ -202,6 +234,36 @@ class HeadHistory:
         self._entries.append(_Entry(label, None, anchor, constraints))
         self._pos += 1
         self._keep_to_budget()
+
+    def constraints_for(
+        self, scribbles: np.ndarray, pinned: bool, settings: RefineConfig, n_classes: int
+    ) -> Constraints:
+        """Return the constraints of a new state, sharing the current state's equal scribbles.
+
+        Parameters
+        ----------
+        scribbles : numpy.ndarray
+            The scribbles a refinement runs over (0 none, c + 1 class c).
+        pinned : bool
+            Show them as their class over the prediction.
+        settings : RefineConfig
+            The refinement's settings.
+        n_classes : int
+            The model's classes (the copy's dtype: 1 byte per pixel below 255 classes).
+
+        Returns
+        -------
+        Constraints
+            With the current state's array when the scribbles are equal, else a read-only
+            copy (later edits of the caller's array change nothing).
+        """
+        current = self.constraints
+        if current is not None and np.array_equal(current.scribbles, scribbles):
+            marks = current.scribbles  # one array between equal entries
+        else:
+            marks = scribbles.astype(np.uint8 if n_classes < 255 else np.int32)
+            marks.setflags(write=False)
+        return Constraints(marks, bool(pinned), settings)
 
     def push(
         self,

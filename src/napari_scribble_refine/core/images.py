@@ -11,7 +11,9 @@ Anything else is rejected with a message that says what was given and what to do
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -176,3 +178,54 @@ def validate_image(image: ArrayLike, *, rgb: bool | None = None, name: str = "im
         spatial_shape=shape[:-1] if is_rgb else shape,
         n_channels=shape[-1] if is_rgb else 1,
     )
+
+
+def image_for_model(
+    image: ArrayLike, info: ImageInfo, *, in_channels: int, model_name: str
+) -> tuple[ArrayLike, ImageInfo]:
+    """Check an accepted image against a model's input and drop an RGBA image's alpha.
+
+    Parameters
+    ----------
+    image : array_like
+        The image, accepted by :func:`validate_image`.
+    info : ImageInfo
+        Its layout.
+    in_channels : int
+        The model's input channels (1: greyscale).
+    model_name : str
+        The model's name (for the message).
+
+    Returns
+    -------
+    image : array_like
+        The image, or its R, G, B channels when it was RGBA.
+    info : ImageInfo
+        Its layout after that.
+
+    Raises
+    ------
+    ValueError
+        If the image is colour and the model takes greyscale images.
+
+    Warns
+    -----
+    UserWarning
+        When the alpha channel of an RGBA image is dropped (reported at the caller of the
+        function that called this one).
+    """
+    if info.is_rgb and in_channels == 1:
+        raise ValueError(
+            f"image: a colour image of shape {np.shape(image)} was given, but model "
+            f"{model_name!r} takes greyscale images; choose a colour model (such as "
+            "'hovernet-he') or convert the image to greyscale first "
+            "(skimage.color.rgb2gray)"
+        )
+    if info.n_channels == 4:  # RGBA: the alpha channel is not part of the stain
+        warnings.warn(
+            "image: RGBA; the alpha channel is dropped and R, G, B are segmented",
+            UserWarning,
+            stacklevel=3,
+        )
+        return np.asarray(image)[..., :3], dataclasses.replace(info, n_channels=3)
+    return image, info

@@ -3,7 +3,10 @@
 A session caches the trunk's features for every pixel (about 140 bytes per pixel for the
 built-in models), so an image of 16,384² needs tens of gigabytes. Rather than let the
 allocator fail half-way through the trunk run, :func:`check_fits` estimates the need before
-anything large is allocated and refuses with the figures and the largest image that fits.
+anything large is allocated and refuses with the figures and the largest image that fits;
+:func:`check_session_memory` measures the features' bytes per pixel on a small crop first.
+Should the trunk run out of memory all the same, :func:`refusing_out_of_memory` turns the
+allocator's error into the same refusal.
 """
 
 from __future__ import annotations
@@ -12,9 +15,19 @@ import ctypes
 import math
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
+import torch
+
+from .images import ImageInfo
+from .models.base import SegmentationModel
+
+PROBE_ABOVE_PIXELS = 1024 * 1024
+"""Larger images (all slices together) are checked against the memory limit first."""
 
 SESSION_BYTES_PER_PIXEL = 48
 """Per-pixel working memory of a session besides the cached features and the image copies:
@@ -217,6 +230,129 @@ def check_fits(
         f"maps {_gb(need.working)}, undo history {_gb(need.history)}, other "
         f"{_gb(need.fixed)}) but {_gb(limit)} is available. {fits}"
     )
+
+
+def check_session_memory(
+    model: SegmentationModel,
+    image: np.ndarray,
+    info: ImageInfo,
+    *,
+    history_budget_mb: float,
+    memory_limit_mb: float | None,
+    crf: bool,
+) -> None:
+    """Refuse an image whose session would not fit in memory, before the trunk runs.
+
+    Images up to :data:`PROBE_ABOVE_PIXELS` pixels pass unchecked; for larger ones the
+    trunk runs on a crop of at most 128² to measure the features' bytes per pixel.
+
+    Parameters
+    ----------
+    model : SegmentationModel
+        The adapter whose trunk the session will run.
+    image : numpy.ndarray
+        The image as given.
+    info : ImageInfo
+        Its layout.
+    history_budget_mb : float
+        The undo history's budget.
+    memory_limit_mb : float or None
+        Memory the session may use; None: what the machine has available now;
+        ``math.inf``: no check.
+    crf : bool
+        Whether the edge-aware CRF will run on this image's slices.
+
+    Raises
+    ------
+    TooLargeError
+        If the estimate exceeds the limit (see :func:`check_fits`).
+    """
+    n_slices = info.spatial_shape[0] if info.is_3d else 1
+    height, width = info.spatial_shape[-2:]
+    if height * width * n_slices <= PROBE_ABOVE_PIXELS:
+        return
+    if memory_limit_mb is None:
+        limit = available_memory()
+    elif memory_limit_mb == math.inf:
+        limit = None
+    else:
+        limit = int(memory_limit_mb * 2**20)
+    if limit is None:
+        return
+    from .tiling import compute_features
+
+    side = min(height, width, 128)
+    plane = image[0] if info.is_3d else image
+    probe = np.ascontiguousarray(plane[:side, :side])
+    feats = compute_features(model, probe, is_3d=False, tile_size=side)
+    per_pixel = sum(v.numel() * v.element_size() for v in feats.values()) / (side * side)
+    image_bytes = info.n_channels * (image.dtype.itemsize + 4)  # copy + normalised copy
+    n_pixels = height * width * n_slices
+    need = session_need(
+        n_pixels=n_pixels,
+        slice_pixels=height * width,
+        feature_bytes_per_pixel=per_pixel,
+        image_bytes_per_pixel=image_bytes,
+        history_bytes=int(history_budget_mb * 2**20),
+        crf=crf,
+    )
+    check_fits(
+        need,
+        shape=tuple(image.shape),
+        spatial_shape=info.spatial_shape,
+        limit=limit,
+        per_pixel=per_pixel + image_bytes + SESSION_BYTES_PER_PIXEL,
+    )
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether torch's error is an allocation failure.
+
+    Parameters
+    ----------
+    error : BaseException
+        A ``RuntimeError`` raised by torch.
+
+    Returns
+    -------
+    bool
+        True for ``torch.OutOfMemoryError`` and the CPU allocator's messages.
+    """
+    text = str(error)
+    return isinstance(error, torch.OutOfMemoryError) or any(
+        s in text for s in ("can't allocate memory", "out of memory", "not enough memory")
+    )
+
+
+@contextmanager
+def refusing_out_of_memory(shape: tuple[int, ...]) -> Iterator[None]:
+    """Turn an allocation failure inside the block into a :class:`TooLargeError`.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        The image's shape (for the message).
+
+    Yields
+    ------
+    None
+        Inside the block; other errors pass unchanged.
+
+    Raises
+    ------
+    TooLargeError
+        When the block raised ``MemoryError`` or torch's out-of-memory error.
+    """
+    try:
+        yield
+    except (MemoryError, RuntimeError) as err:
+        if isinstance(err, RuntimeError) and not is_out_of_memory(err):
+            raise
+        raise TooLargeError(
+            f"image: the trunk ran out of memory on shape {shape} "
+            f"({type(err).__name__}: {str(err).splitlines()[0][:200]}); crop the image "
+            "to the region to correct, or free memory"
+        ) from None
 
 
 def _glibc_trim() -> Callable[[int], int] | None:

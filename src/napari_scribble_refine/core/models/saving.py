@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import json
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _distribution_version
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ __all__ = [
     "save_state_dict",
     "save_torchscript",
     "saved_settings",
+    "tuning_notes",
 ]
 
 SETTINGS_FILE = "napari_scribble_refine.json"
@@ -44,6 +47,42 @@ STATE_DICT_FORMAT = "napari-scribble-refine/state-dict"
 
 CUSTOM_NORMALISE = "custom"
 """Stored in place of a normalisation function, which cannot be saved."""
+
+
+def _package_version() -> str:
+    try:
+        return _distribution_version("napari-scribble-refine")
+    except PackageNotFoundError:  # running from a source tree
+        return "(not installed)"
+
+
+def tuning_notes(
+    model_name: str, image_shape: Sequence[int], steps: Sequence[str]
+) -> dict[str, object]:
+    """Return what a saved or exported model records about its tuning.
+
+    Parameters
+    ----------
+    model_name : str
+        The model it was tuned from.
+    image_shape : sequence of int
+        The spatial shape of the image it was tuned on.
+    steps : sequence of str
+        The history's labels of the changes up to the current state.
+
+    Returns
+    -------
+    dict
+        ``from``, ``by`` (this package and its version), ``image_shape``, ``steps`` and a
+        ``note`` to check the model on other images.
+    """
+    return {
+        "from": model_name,
+        "by": f"napari-scribble-refine {_package_version()}",
+        "image_shape": list(image_shape),
+        "steps": list(steps),
+        "note": "the head was tuned to one image by its scribbles; check it on others",
+    }
 
 
 def check_target(model: Any, path: str | Path, overwrite: bool) -> Path:
