@@ -78,14 +78,7 @@ VARIANTS: dict[str, dict] = {
     "margin-0.6": {"spread_margin": 0.6},
     "frozen-head": {"learning_rate": 1e-12, "max_iterations": 1},
     "type-spread": {"type_spread": True},
-    "type-clf": {"type_classifier": "image"},
-    "type-clf-both": {"type_classifier": "both"},
-    "type-clf-m0.5": {"type_classifier": "image", "type_classifier_margin": 0.5},
-    "type-clf-both-m0.5": {"type_classifier": "both", "type_classifier_margin": 0.5},
-    "type-clf-both-m0.8": {"type_classifier": "both", "type_classifier_margin": 0.8},
-    "type-clf-poe": {"type_classifier": "image", "type_classifier_prior": 1.0},
-    "type-clf-poe-2": {"type_classifier": "image", "type_classifier_prior": 2.0},
-    "type-clf-both-poe": {"type_classifier": "both", "type_classifier_prior": 1.0},
+    "type-clf": {"type_classifier": True},
     "free-types": {"free_types": True},
     "layers-2": {"n_layers": 2},
     "layers-3": {"n_layers": 3},
@@ -169,6 +162,11 @@ def run_sample(group: str, folder: Path, args: argparse.Namespace, models: dict)
         sample = dataclasses.replace(
             sample, image=stain_shift(sample.image, sample_seed(sample.name, args.seed))
         )
+    if args.permute_types and sample.types is not None:
+        n = len(sample.type_names) - 1  # the user's types are the model's, shifted by one
+        types = sample.types.astype(np.int64)
+        shifted = np.where(types > 0, types % n + 1, 0).astype(sample.types.dtype)
+        sample = dataclasses.replace(sample, types=shifted)
     kind = "rgb" if sample.rgb else "grey"
     if kind not in models:
         models[kind] = load_model(args.rgb_model if sample.rgb else args.grey_model)
@@ -265,6 +263,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--stain-shift", action="store_true",
         help="re-stain RGB images (another lab's H&E: the model's types are then less sure)",
+    )  # fmt: skip
+    p.add_argument(
+        "--permute-types", action="store_true",
+        help="shift the ground-truth types by one class (a model whose types mean another "
+        "lab's classes: every type the model predicts is wrong)",
     )  # fmt: skip
     p.add_argument("--out", type=Path, default=None, help="write the records and table here")
     args = p.parse_args(argv)

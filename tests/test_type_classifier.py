@@ -56,17 +56,6 @@ def test_one_scribbled_type_changes_nothing_and_inputs_stay() -> None:
         assert np.array_equal(a, b)
 
 
-def test_margin_keeps_nuclei_the_classifier_is_unsure_of() -> None:
-    image, instances, _ = _two_kinds()
-    class_map = np.where(instances > 0, 2, 0)
-    scribbles = np.zeros_like(instances, dtype=np.uint8)
-    scribbles[instances == 1] = 3
-    scribbles[instances == 2] = 4
-    # A margin above any possible probability difference keeps every unscribbled nucleus.
-    out = classify_types(image, instances, class_map, scribbles, margin=1.0)
-    assert np.array_equal(out, class_map)
-
-
 def test_pixel_features_shape_and_mask_order() -> None:
     image = np.zeros((32, 32, 3))
     image[8:16, 8:16] = 1.0
@@ -100,6 +89,6 @@ def test_session_type_strokes_retype_unscribbled_look_alikes(model3, scene) -> N
     off = RefineSession(model3, image, base).run(scribbles).prediction
     others_dim &= off > 0  # the network misses some dim pixels; typing concerns nuclei
     assert fraction(off, others_bright, 1) > 0.9 and fraction(off, others_dim, 1) > 0.9
-    on = RefineSession(model3, image, base.replace(type_classifier="image")).run(scribbles)
+    on = RefineSession(model3, image, base.replace(type_classifier=True)).run(scribbles)
     assert fraction(on.prediction, others_bright, 2) > 0.9
     assert fraction(on.prediction, others_dim, 1) > 0.9

@@ -147,19 +147,12 @@ class RefineConfig:
     type_spread_margin : float
         A nucleus takes a scribbled type when its distance to that type's scribbled nuclei
         is below this factor times its distance to its own class (head features).
-    type_classifier : {"off", "image", "both"}
-        Type strokes train a small per-image classifier that retypes the unscribbled
-        nuclei of the scribbled types (:mod:`~napari_scribble_refine.core.type_classifier`):
-        on multiscale image features (``"image"``), or on those and the network's features
-        (``"both"``); ``"off"`` keeps a type stroke to the nucleus it is drawn on. Needs
+    type_classifier : bool
+        Type strokes train a small per-image classifier on multiscale image features
+        that retypes the unscribbled nuclei of the scribbled types
+        (:mod:`~napari_scribble_refine.core.type_classifier`; for a model whose types are
+        another lab's); False keeps a type stroke to the nucleus it is drawn on. Needs
         ``type_by_instance``.
-    type_classifier_margin : float
-        A nucleus moves only when the classifier's mean probability of the new type
-        exceeds that of its own by this much (used when ``type_classifier_prior`` is 0).
-    type_classifier_prior : float
-        Weight of the refined network's own type log-probabilities added to the
-        classifier's (a product of experts: a type the network is sure of stays); 0 uses
-        the classifier alone.
     crf_weight : float
         Strength of the edge-aware CRF applied after the trust region
         (:mod:`~napari_scribble_refine.core.edge_crf`): decisions follow the image's edges
@@ -205,9 +198,7 @@ class RefineConfig:
     free_types: bool = False
     type_spread: bool = False
     type_spread_margin: float = 1.0
-    type_classifier: str = "off"
-    type_classifier_margin: float = 0.0
-    type_classifier_prior: float = 0.0
+    type_classifier: bool = False
     crf_weight: float = 3.0
     crf_radius: int = 8
     crf_eps: float = 0.01
@@ -233,13 +224,10 @@ class RefineConfig:
             "grow_cap": self.grow_cap >= 0,
             "preview_every": self.preview_every >= 1,
             "optimiser": self.optimiser in ("sgd", "adam"),
-            "type_classifier": self.type_classifier in ("off", "image", "both"),
             "trust_reach": self.trust_reach > 0,
             "spread_confidence": 0 <= self.spread_confidence <= 1,
             "spread_margin": self.spread_margin > 0,
             "type_spread_margin": self.type_spread_margin > 0,
-            "type_classifier_margin": self.type_classifier_margin >= 0,
-            "type_classifier_prior": self.type_classifier_prior >= 0,
             "crf_weight": self.crf_weight >= 0,
             "crf_radius": self.crf_radius >= 1,
             "crf_eps": self.crf_eps > 0,
@@ -260,13 +248,10 @@ class RefineConfig:
             "grow_cap": "a number >= 0 (0: no cap)",
             "preview_every": "an integer >= 1",
             "optimiser": "'sgd' or 'adam'",
-            "type_classifier": "'off', 'image' or 'both'",
             "trust_reach": "a number > 0",
             "spread_confidence": "a number in [0, 1]",
             "spread_margin": "a number > 0",
             "type_spread_margin": "a number > 0",
-            "type_classifier_margin": "a number >= 0",
-            "type_classifier_prior": "a number >= 0 (0: the classifier alone)",
             "crf_weight": "a number >= 0 (0: off)",
             "crf_radius": "an integer >= 1",
             "crf_eps": "a number > 0",

@@ -373,24 +373,10 @@ class FinalPrediction:
                 class_map[index] = type_by_instance(
                     labels[index], class_map[index], scribbles[index]
                 )
-                if cons.settings.type_classifier != "off":
-                    extra = None
-                    if cons.settings.type_classifier == "both":
-                        ys, xs = np.nonzero(np.ones(labels[index].shape, dtype=bool))
-                        extra = self._pixel_features(index, ys, xs).T.reshape(
-                            *labels[index].shape, -1
-                        )
-                    prior = None
-                    if cons.settings.type_classifier_prior > 0:
-                        logp = self.slice_logits(index)[0]
-                        prior = (
-                            torch.cat([logp[:1], logp[1:].log_softmax(0)]).numpy()
-                            * cons.settings.type_classifier_prior
-                        )
+                if cons.settings.type_classifier:
                     class_map[index] = classify_types(
                         self._scaled_plane(index), labels[index], class_map[index],
-                        scribbles[index], seed=cons.settings.seed, extra=extra,
-                        margin=cons.settings.type_classifier_margin, prior=prior,
+                        scribbles[index], seed=cons.settings.seed,
                     )  # fmt: skip
                 if cons.settings.type_spread:
                     class_map[index] = spread_types(

@@ -82,9 +82,6 @@ def classify_types(
     steps: int = 100,
     hidden: int = 32,
     seed: int = 0,
-    extra: np.ndarray | None = None,
-    margin: float = 0.0,
-    prior: np.ndarray | None = None,
 ) -> np.ndarray:
     """Retype the unscribbled nuclei by a classifier trained on the type strokes.
 
@@ -102,9 +99,6 @@ def classify_types(
         Optimiser steps and hidden units of the classifier.
     seed : int
         Seed of its initial weights.
-    extra : numpy.ndarray, optional
-        (Y, X, E) more per-pixel features (for example the network's) appended to the
-        image features.
 
     Returns
     -------
@@ -124,8 +118,6 @@ def classify_types(
     nuclei = (instances > 0) & (class_map > 0)
     wanted = train | nuclei
     feats = pixel_features(plane, wanted)
-    if extra is not None:
-        feats = np.concatenate([feats, extra[wanted]], axis=1)
     mean, std = feats.mean(0), feats.std(0)
     std[std == 0] = 1.0
     feats = (feats - mean) / std
@@ -137,27 +129,11 @@ def classify_types(
     with torch.no_grad():
         prob = net(torch.from_numpy(feats[index[nuclei]])).softmax(1).numpy()
     ids, lab = np.unique(instances[nuclei], return_inverse=True)
+    votes = np.zeros((ids.size, classes.size))
+    np.add.at(votes, lab, prob)
     own = class_map[nuclei]
     scribbled_ids = np.unique(instances[train & (instances > 0)])
     free = ~np.isin(ids, scribbled_ids)
-    counts = np.bincount(lab, minlength=ids.size)[:, None]
-    if prior is not None:  # product of experts: mean log-probabilities per nucleus
-        score = np.log(np.clip(prob, 1e-6, 1.0)) + prior[classes][:, nuclei].T
-        votes = np.zeros((ids.size, classes.size))
-        np.add.at(votes, lab, score)
-        votes /= counts
-        best = votes.argmax(1)
-        sure = np.ones(ids.size, dtype=bool)
-    else:
-        votes = np.zeros((ids.size, classes.size))
-        np.add.at(votes, lab, prob)
-        votes /= counts
-        best = votes.argmax(1)
-        own_id = np.zeros(ids.size, dtype=np.int64)
-        own_id[lab] = own
-        own_col = np.where(own_id < lut.size, lut[np.minimum(own_id, lut.size - 1)], -1)
-        own_q = np.where(own_col >= 0, votes[np.arange(ids.size), np.maximum(own_col, 0)], 0)
-        sure = votes.max(1) - own_q > margin
-    movable = (free & sure)[lab] & np.isin(own, classes)
-    out[nuclei] = np.where(movable, classes[best][lab], own)
+    movable = free[lab] & np.isin(own, classes)
+    out[nuclei] = np.where(movable, classes[votes.argmax(1)][lab], own)
     return out
