@@ -12,7 +12,7 @@ import torch
 from _tiny_nets import CLASSES2, TinyUNet
 
 from napari_scribble_refine.core.config import RefineConfig
-from napari_scribble_refine.core.history import Constraints, HeadHistory
+from napari_scribble_refine.core.history import Constraints, HeadHistory, grown_anchor
 from napari_scribble_refine.core.models.module import TorchModuleModel
 
 
@@ -357,3 +357,51 @@ def test_the_newest_state_is_kept_even_over_budget_and_the_warning_says_what_to_
         history.push("newer", constraints=big)
     assert [str(w.message) for w in caught] == [expected]
     assert history.labels == ["pre-trained", "newer"]
+
+
+def test_grown_anchor_keeps_the_old_reference_and_appends_the_new_class_values():
+    """A class added to the head: the old rows keep their reference, the new row is current."""
+    head = torch.nn.Conv2d(4, 3, 1)  # grew from 2 to 3 output classes
+    with torch.no_grad():
+        head.weight.copy_(torch.arange(12.0).reshape(3, 4, 1, 1))
+        head.bias.copy_(torch.tensor([10.0, 20.0, 30.0]))
+    ref_weight = torch.full((2, 4, 1, 1), -1.0)
+    anchor = {"weight": ref_weight}  # no reference for the bias yet
+    grown = grown_anchor(anchor, head)
+    expected = torch.cat([ref_weight, torch.arange(8.0, 12.0).reshape(1, 4, 1, 1)])
+    assert torch.equal(grown["weight"], expected)
+    assert torch.equal(grown["bias"], torch.tensor([10.0, 20.0, 30.0]))  # current, a copy
+    with torch.no_grad():
+        head.bias.fill_(0.0)
+    assert torch.equal(grown["bias"], torch.tensor([10.0, 20.0, 30.0]))
+    same = {"weight": torch.zeros(3, 4, 1, 1), "bias": torch.ones(3)}
+    kept = grown_anchor(same, head)  # unchanged shapes keep the reference itself
+    assert kept["weight"] is same["weight"] and kept["bias"] is same["bias"]
+
+
+def test_grown_anchor_appends_along_the_axis_that_grew():
+    head = torch.nn.Linear(3, 4)  # an input axis grew from 2 to 3 (axis 1)
+    with torch.no_grad():
+        head.weight.copy_(torch.arange(12.0).reshape(4, 3))
+    anchor = {"weight": torch.zeros(4, 2), "bias": torch.zeros(4)}
+    grown = grown_anchor(anchor, head)
+    expected = torch.tensor([[0.0, 0.0, 2.0], [0.0, 0.0, 5.0], [0.0, 0.0, 8.0], [0.0, 0.0, 11.0]])
+    assert torch.equal(grown["weight"], expected)
+
+
+def test_constraints_for_shares_equal_scribbles_and_copies_new_ones(model):
+    history = HeadHistory(model)
+    settings = RefineConfig(max_iterations=3)
+    scribbles = np.zeros((4, 4), np.int64)
+    scribbles[1, 2] = 2
+    first = history.constraints_for(scribbles, True, settings, n_classes=2)
+    assert first.scribbles.dtype == np.uint8 and not first.scribbles.flags.writeable
+    assert np.array_equal(first.scribbles, scribbles) and first.scribbles is not scribbles
+    assert first.pinned is True and first.settings is settings
+    scribbles[0, 0] = 1  # the caller's later edit changes nothing in the constraints
+    assert first.scribbles[0, 0] == 0
+    history.push("first", constraints=first)
+    again = history.constraints_for(first.scribbles.copy(), False, settings, n_classes=2)
+    assert again.scribbles is first.scribbles and again.pinned is False
+    other = history.constraints_for(scribbles, True, settings, n_classes=300)
+    assert other.scribbles.dtype == np.int32 and other.scribbles is not first.scribbles
