@@ -1,12 +1,13 @@
 """Our method in the benchmark: a :class:`RefineSession` behind the baselines' interface.
 
-Up to four variants run per image; the first three share one session (the trunk runs once) and
-each starts from the pre-trained head (``session.reset()``), so they never see each other's
-tuning:
+Up to five variants run per image; all but the all-weights one share one session (the trunk
+runs once) and each starts from the pre-trained head (``session.reset()``), so they never see
+each other's tuning:
 
 * ``ours``: the default config (region growing on), the product; the report's verdict
   judges this one;
 * ``ours-no-grow``: region growing off;
+* ``ours-type-classifier`` (typed samples only): the ``type_classifier`` switch on;
 * ``ours-paper``: the paper's plain Algorithm 1 (:meth:`RefineConfig.paper`: mean
   cross-entropy plus proximity, plain SGD, no pins, no trust region), an ablation;
 * ``ours-all-weights``: every weight of the network is tuned (BIFSeg-like, Wang et al.
