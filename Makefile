@@ -11,7 +11,7 @@ PIP := $(PY) -m pip install -q -c constraints.txt
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PIP) torch==2.13.0
+	$(PIP) torch  # the CPU wheel pinned in constraints.txt, installed first
 	$(PIP) -e ".[test]"
 	touch $@
 

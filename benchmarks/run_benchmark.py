@@ -41,9 +41,6 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 from bench_data import ground_truth, list_samples, load_sample  # noqa: E402
 from evaluate import (  # noqa: E402
     FIXED_KS,

@@ -30,9 +30,6 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 from baselines import BASELINES  # noqa: E402
 from bench_data import class_space, ground_truth, load_sample  # noqa: E402
 from evaluate import evaluate_method, instance_scores  # noqa: E402

@@ -22,14 +22,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from napari_scribble_refine.core import RefineConfig, RefineSession, load_model  # noqa: E402
 from napari_scribble_refine.core.metrics import dice, per_class_dice  # noqa: E402

@@ -18,16 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
+import train_builtin
+import train_real
 from safetensors import safe_open
 from safetensors.torch import load_file
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import train_builtin  # noqa: E402
-import train_real  # noqa: E402
 
 SHIPPED = train_builtin.ROOT / "src/napari_scribble_refine/weights"
 

@@ -49,7 +49,6 @@ from scipy import ndimage as ndi
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from train_builtin import ARCHITECTURE, NORMALISATION, hovernet_loss, make_optimiser  # noqa: E402
 

@@ -9,22 +9,17 @@ from __future__ import annotations
 
 import copy
 import os
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _fuzz import CI_MAX_EXAMPLES, LONG_MAX_EXAMPLES
+from _tiny_nets import CLASSES2, CLASSES3, TinyUNet, disks_scene, train_tiny_unet
 from hypothesis import HealthCheck, settings
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from _fuzz import CI_MAX_EXAMPLES, LONG_MAX_EXAMPLES  # noqa: E402
-from _tiny_nets import CLASSES2, CLASSES3, TinyUNet, disks_scene, train_tiny_unet  # noqa: E402
-
-from napari_scribble_refine.core.config import RefineConfig  # noqa: E402
-from napari_scribble_refine.core.models.module import TorchModuleModel  # noqa: E402
+from napari_scribble_refine.core.config import RefineConfig
+from napari_scribble_refine.core.models.module import TorchModuleModel
 
 # Hypothesis profiles of the property-based tests (tests/test_fuzz_*.py), chosen with the
 # environment variable HYPOTHESIS_PROFILE: "ci" (default) is small and reproducible (the same

@@ -1,10 +1,4 @@
-import sys
-from pathlib import Path
-
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
 from bench_data import Sample, class_space, ground_truth  # noqa: E402
 from problem import paint  # noqa: E402
 

@@ -1,14 +1,9 @@
 """The benchmark's groups, per-group figures and issue-16 verdict, on hand-made results."""
 
 import copy
-import sys
-from pathlib import Path
-
-import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import evaluate  # noqa: E402
+import pytest
 import report  # noqa: E402
 from evaluate import aggregate, lose_steps  # noqa: E402
 from groups import group_names, image_groups  # noqa: E402

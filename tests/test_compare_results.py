@@ -1,8 +1,4 @@
 import json
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from compare_results import compare, main  # noqa: E402
 

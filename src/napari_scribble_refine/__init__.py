@@ -4,6 +4,8 @@ The public scripting API lives here; the napari widget is reached through the np
 (``napari.yaml``) and is imported only when napari asks for it.
 """
 
+from importlib.metadata import version
+
 from .core import (
     RefineConfig,
     RefineResult,
@@ -16,7 +18,7 @@ from .core import (
     resolve_device,
 )
 
-__version__ = "0.1.0"
+__version__ = version("napari-scribble-refine")  # written once, in pyproject.toml
 __all__ = [
     "RefineConfig",
     "RefineResult",
