@@ -19,10 +19,10 @@ from scipy import ndimage as ndi
 
 from .synthetic_shapes import (
     NucleusShape,
+    drop_small_and_renumber,
     hv_targets,
     place_nuclei,
     random_shape,
-    relabel_sequential,
     smooth_field,
     types_from_instances,
 )
@@ -74,7 +74,7 @@ def _finish(
     kind_lut = np.zeros(int(labels.max()) + 1, np.uint8)
     kind_lut[1:] = kinds
     types = types_from_instances(labels, kind_lut)
-    instances = relabel_sequential(labels)
+    instances = drop_small_and_renumber(labels)
     types[instances == 0] = 0
     return SyntheticSample(image, instances, types, hv_targets(instances), class_names, params)
 

@@ -226,7 +226,7 @@ def place_nuclei(
     return shapes, rhos, labels
 
 
-def relabel_sequential(labels: np.ndarray, min_area: int = 6) -> np.ndarray:
+def drop_small_and_renumber(labels: np.ndarray, min_area: int = 6) -> np.ndarray:
     """Drop tiny fragments and renumber instances 1..N in raster order of first pixel.
 
     Parameters

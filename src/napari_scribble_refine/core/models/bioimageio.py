@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._grow import check_new_class, format_names
 from ._prepare import input_batch
+from .added_classes import check_new_class, format_names
 from .base import BatchedFeatures, Features, SegmentationModel
 from .bioimageio_layout import (
     Layout,

@@ -44,8 +44,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..hovernet_postprocess import hv_instances, instance_info
-from ._grow import check_new_class, grow_output_layer
 from ._prepare import PERCENTILES, to_input_tensor
+from .added_classes import check_new_class, grow_output_layer
 from .base import BatchedFeatures, Features, SegmentationModel
 from .hovernet import HoVerNet
 from .hovernet_checkpoint import LoadedHoVerNet, save_hovernet_safetensors

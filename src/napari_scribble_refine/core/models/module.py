@@ -22,7 +22,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._grow import check_new_class, format_names, grow_output_layer
 from ._prepare import (
     Normaliser,
     check_normaliser,
@@ -31,6 +30,7 @@ from ._prepare import (
     normaliser_name,
     pad_to_multiple,
 )
+from .added_classes import check_new_class, format_names, grow_output_layer
 from .base import BatchedFeatures, Features, SegmentationModel
 from .saving import save_state_dict
 

@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._grow import check_new_class, format_names
 from ._prepare import (
     Normaliser,
     check_normaliser,
@@ -30,6 +29,7 @@ from ._prepare import (
     normaliser_name,
     pad_to_multiple,
 )
+from .added_classes import check_new_class, format_names
 from .base import BatchedFeatures, Features, HeadState, SegmentationModel
 from .saving import CUSTOM_NORMALISE, save_torchscript, saved_settings
 
