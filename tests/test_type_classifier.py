@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+from _tiny_nets import disk_labels, fraction, scribble_disks
 
+from napari_scribble_refine.core.config import RefineConfig
+from napari_scribble_refine.core.session import RefineSession
 from napari_scribble_refine.core.type_classifier import classify_types, pixel_features
 
 
@@ -72,11 +75,6 @@ def test_session_type_strokes_retype_unscribbled_look_alikes(model3, scene) -> N
     The network calls every disk class 1 (it never predicts class 2); the user says bright
     disks are class 2 and dim ones class 1, with one stroke on one disk of each kind.
     """
-    from _tiny_nets import disk_labels, fraction, scribble_disks
-
-    from napari_scribble_refine.core.config import RefineConfig
-    from napari_scribble_refine.core.session import RefineSession
-
     image, kinds = scene
     scribbles = np.zeros(kinds.shape, np.uint8)
     scribble_disks(scribbles, kinds, 1, [0], value=3)  # bright disk 0 is class 2

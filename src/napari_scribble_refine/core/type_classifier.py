@@ -62,8 +62,8 @@ def _fit(
         for p in net.parameters():
             p.uniform_(-0.1, 0.1, generator=gen)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    counts = torch.bincount(yt, minlength=n_out).float()
-    weight = torch.where(counts > 0, counts.sum() / counts.clamp(min=1), torch.zeros(()))
+    counts = torch.bincount(yt, minlength=n_out).float()  # every class has pixels
+    weight = counts.sum() / counts
     opt = torch.optim.Adam(net.parameters(), lr=0.03, weight_decay=1e-3)
     for _ in range(steps):
         opt.zero_grad()
