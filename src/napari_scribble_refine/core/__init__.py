@@ -1,4 +1,4 @@
-"""GUI-free engine: imports numpy, torch and scikit-image only, never napari or Qt."""
+"""GUI-free engine: imports numpy, torch, scikit-image, dask and zarr only, never napari or Qt."""
 
 from .config import RefineConfig
 from .devices import resolve_device
@@ -7,6 +7,7 @@ from .models.module import TorchModuleModel
 from .models.registry import available_models, load_model
 from .models.torchscript import TorchScriptModel
 from .session import RefineSession
+from .slide import SlideSession
 from .steps import RefineResult, RefineStep
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "RefineResult",
     "RefineSession",
     "RefineStep",
+    "SlideSession",
     "TorchModuleModel",
     "TooLargeError",
     "TorchScriptModel",

@@ -96,6 +96,73 @@ def _refuse_ambiguous(shape: tuple[int, ...], name: str) -> None:
     )
 
 
+def image_layout(
+    shape: tuple[int, ...], dtype: np.dtype, *, rgb: bool | None = None, name: str = "image"
+) -> ImageInfo:
+    """Check an image's shape and dtype (not its values) and describe its layout.
+
+    The checks of :func:`validate_image` that need no pixel: a lazy image (dask, zarr, a TIFF
+    opened lazily) is described without reading it.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Array shape, a colour axis last.
+    dtype : numpy.dtype
+        Array dtype.
+    rgb : bool or None
+        As for :func:`validate_image`.
+    name : str
+        Name of the argument, used in error messages.
+
+    Returns
+    -------
+    ImageInfo
+        Layout of the image.
+
+    Raises
+    ------
+    TypeError
+        If the dtype is not real numbers.
+    ValueError
+        If the layout is not one the engine accepts (see :func:`validate_image`).
+    """
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "iuf":  # bool, complex, object, strings, dates
+        raise TypeError(
+            f"{name} must hold real numbers (an integer or floating-point dtype), got dtype {dtype}"
+        )
+    shape = tuple(int(s) for s in shape)
+    ndim = len(shape)
+    if rgb is None and ndim == 3 and not guess_rgb(shape):
+        _refuse_ambiguous(shape, name)
+    is_rgb = guess_rgb(shape) if rgb is None else bool(rgb)
+    spatial_ndim = ndim - 1 if is_rgb else ndim
+    if spatial_ndim >= 4 or (is_rgb and spatial_ndim == 3):
+        raise ValueError(
+            f"{name} has shape {shape}: 4D images are not supported; pick one time "
+            "point/channel (accepted: (Y, X), (Y, X, 3|4) colour, (Z, Y, X) stacks)"
+        )
+    if is_rgb and (ndim != 3 or shape[-1] not in RGB_CHANNELS):
+        raise ValueError(
+            f"{name} is marked as RGB, so it must have shape (Y, X, 3) or (Y, X, 4), "
+            f"got shape {shape}"
+        )
+    if spatial_ndim not in (2, 3):
+        raise ValueError(
+            f"{name} must have 2 or 3 dimensions ((Y, X), (Y, X, 3|4) colour or (Z, Y, X)), "
+            f"got {ndim} dimension(s) with shape {shape}"
+        )
+    if 0 in shape:
+        raise ValueError(f"{name} has an empty axis: shape {shape}")
+    return ImageInfo(
+        is_rgb=is_rgb,
+        is_3d=spatial_ndim == 3,
+        spatial_shape=shape[:-1] if is_rgb else shape,
+        n_channels=shape[-1] if is_rgb else 1,
+    )
+
+
 def validate_image(image: ArrayLike, *, rgb: bool | None = None, name: str = "image") -> ImageInfo:
     """Check that an image is one the engine can segment and describe its layout.
 
@@ -128,33 +195,7 @@ def validate_image(image: ArrayLike, *, rgb: bool | None = None, name: str = "im
     """
     array = np.asarray(image)
     dtype = array.dtype
-    if dtype.kind not in "iuf":  # bool, complex, object, strings, dates
-        raise TypeError(
-            f"{name} must hold real numbers (an integer or floating-point dtype), got dtype {dtype}"
-        )
-
-    shape = tuple(int(s) for s in array.shape)
-    if rgb is None and array.ndim == 3 and not guess_rgb(shape):
-        _refuse_ambiguous(shape, name)
-    is_rgb = guess_rgb(shape) if rgb is None else bool(rgb)
-    spatial_ndim = array.ndim - 1 if is_rgb else array.ndim
-    if spatial_ndim >= 4 or (is_rgb and spatial_ndim == 3):
-        raise ValueError(
-            f"{name} has shape {shape}: 4D images are not supported; pick one time "
-            "point/channel (accepted: (Y, X), (Y, X, 3|4) colour, (Z, Y, X) stacks)"
-        )
-    if is_rgb and (array.ndim != 3 or shape[-1] not in RGB_CHANNELS):
-        raise ValueError(
-            f"{name} is marked as RGB, so it must have shape (Y, X, 3) or (Y, X, 4), "
-            f"got shape {shape}"
-        )
-    if spatial_ndim not in (2, 3):
-        raise ValueError(
-            f"{name} must have 2 or 3 dimensions ((Y, X), (Y, X, 3|4) colour or (Z, Y, X)), "
-            f"got {array.ndim} dimension(s) with shape {shape}"
-        )
-    if 0 in shape:
-        raise ValueError(f"{name} has an empty axis: shape {shape}")
+    info = image_layout(array.shape, dtype, rgb=rgb, name=name)
 
     if np.issubdtype(dtype, np.floating) and not np.isfinite(array).all():
         n_bad = int(array.size - np.count_nonzero(np.isfinite(array)))
@@ -172,12 +213,7 @@ def validate_image(image: ArrayLike, *, rgb: bool | None = None, name: str = "im
             "largest float64 number; rescale it first (e.g. image / np.abs(image).max())"
         )
 
-    return ImageInfo(
-        is_rgb=is_rgb,
-        is_3d=spatial_ndim == 3,
-        spatial_shape=shape[:-1] if is_rgb else shape,
-        n_channels=shape[-1] if is_rgb else 1,
-    )
+    return info
 
 
 def image_for_model(

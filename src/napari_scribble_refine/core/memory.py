@@ -220,9 +220,10 @@ def check_fits(
             depth = int(pixels_that_fit / (spatial_shape[1] * spatial_shape[2]))
             fits += f" (one slice), or {depth} slices of this size"
         fits += (
-            ". Crop the image to the region to correct (or split it into tiles and refine "
-            "one at a time), free memory, or set a smaller undo history budget "
-            "(history_budget_mb)."
+            ". Open it lazily instead: SlideSession(model, image) (core.slide) reads and "
+            "computes only the tiles a region needs, within a memory budget; or crop the "
+            "image to the region to correct, free memory, or set a smaller undo history "
+            "budget (history_budget_mb)."
         )
     raise TooLargeError(
         f"{name}: a session on shape {tuple(shape)} needs about {_gb(need.total)} of memory "

@@ -73,6 +73,10 @@ class RefineSession:
     progress : callable, optional
         Called as ``progress(done, total)`` while the trunk runs over the image's tiles
         (or batches of slices) when the session starts.
+    features : Features, optional
+        The trunk's features of ``image``, [N, F, Y, X], computed elsewhere (a
+        :class:`~.slide.SlideSession` passes its tiles'): the trunk does not run and the
+        memory check is skipped.
 
     Attributes
     ----------
@@ -111,6 +115,7 @@ class RefineSession:
         history_budget_mb: float = DEFAULT_BUDGET_MB,
         memory_limit_mb: float | None = None,
         progress: Callable[[int, int], None] | None = None,
+        features: Features | None = None,
     ) -> None:
         self.config = config if config is not None else RefineConfig()
         image, self.image_info = image_for_model(
@@ -138,25 +143,27 @@ class RefineSession:
         for p in self.model.network.parameters():
             p.requires_grad_(False)
 
-        check_session_memory(
-            self.model,
-            np.asarray(image),
-            self.image_info,
-            history_budget_mb=history_budget_mb,
-            memory_limit_mb=memory_limit_mb,
-            crf=crf_applies(self.config, self.image_info.spatial_shape),
-        )
+        if features is None:
+            check_session_memory(
+                self.model,
+                np.asarray(image),
+                self.image_info,
+                history_budget_mb=history_budget_mb,
+                memory_limit_mb=memory_limit_mb,
+                crf=crf_applies(self.config, self.image_info.spatial_shape),
+            )
         self._image = np.array(image, copy=True)
         self._image.setflags(write=False)
-        with refusing_out_of_memory(np.shape(image)):
-            features = compute_features(
-                self.model,
-                self._image,
-                is_3d=self.image_info.is_3d,
-                tile_size=self.tile_size,
-                halo=self.tile_halo,
-                progress=progress,
-            )
+        if features is None:
+            with refusing_out_of_memory(np.shape(image)):
+                features = compute_features(
+                    self.model,
+                    self._image,
+                    is_3d=self.image_info.is_3d,
+                    tile_size=self.tile_size,
+                    halo=self.tile_halo,
+                    progress=progress,
+                )
         self._history = HeadHistory(self.model, history_budget_mb)
         self._final_prediction = FinalPrediction(
             self.model,
@@ -239,6 +246,16 @@ class RefineSession:
     def history_position(self) -> int:
         """Index of the current history entry."""
         return self._history.position
+
+    @property
+    def is_pretrained(self) -> bool:
+        """True when the head is the pre-trained one (at the start, or reset and unchanged)."""
+        return self._history.is_pretrained
+
+    @property
+    def state_version(self) -> int:
+        """Counts head states: it changes whenever what :meth:`predict` shows may change."""
+        return self._final_prediction.version
 
     def _history_step(self, step: Callable[[], bool]) -> bool:
         """Take an undo, redo or reset step of the history; True when it changed the head."""
@@ -360,6 +377,43 @@ class RefineSession:
         self._history.push(f"add class {name!r}", anchor=anchor)
         self._changed()
         return self.n_classes - 1
+
+    def adopt_head(
+        self,
+        state: object,
+        label: str,
+        *,
+        scribbles: np.ndarray | None = None,
+        settings: RefineConfig | None = None,
+    ) -> None:
+        """Take over a head tuned elsewhere (another region of a slide) as a new state.
+
+        The pre-trained head stays the session's first state (the proximity term and the
+        trust region keep measuring from it); the adopted head becomes an undoable state
+        with the scribbles given, so its prediction applies the trust region, the CRF and
+        the pins of ``settings`` as a refinement here would.
+
+        Parameters
+        ----------
+        state : HeadState
+            A snapshot of this model's head (:meth:`SegmentationModel.head_state`).
+        label : str
+            What the new history entry is called.
+        scribbles : numpy.ndarray, optional
+            Scribbles of :attr:`spatial_shape` the head was tuned on here (default: none).
+        settings : RefineConfig, optional
+            The settings it was tuned with (default: :attr:`config`).
+        """
+        self._check_open()
+        cfg = settings if settings is not None else self.config
+        marks = np.zeros(self.spatial_shape, np.uint8) if scribbles is None else scribbles
+        self._history.freeze()
+        old_anchor = self._history.anchor
+        self.model.load_head_state(state)  # type: ignore[arg-type]
+        anchor = grown_anchor(old_anchor, self.model.head_module)
+        constraints = self._history.constraints_for(marks, cfg.pin_scribbles, cfg, self.n_classes)
+        self._history.push(label, anchor=anchor, constraints=constraints)
+        self._changed()
 
     def save_model(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Save the network with its head as tuned now, for ``load_model`` to read back.
