@@ -195,8 +195,6 @@ def main() -> None:
         "batch_speedup_2_vs_1_workers": ">= 1.7",
     }
     if not args.no_batch:
-        from bench_batch import main as batch_main  # noqa: F401  (the helper's figures)
-
         child = subprocess.run(
             [sys.executable, str(Path(__file__).with_name("bench_batch.py"))],
             capture_output=True,

@@ -10,6 +10,7 @@ import pytest
 import tifffile
 import torch
 import zarr
+from _lazy_arrays import CountingArray
 
 from napari_scribble_refine.core import RefineSession, load_model
 from napari_scribble_refine.core import tile_normalisation as tn
@@ -28,26 +29,6 @@ def model():
 @pytest.fixture(scope="module")
 def sample():
     return synthetic_fluorescence((256, 256), seed=11)
-
-
-class CountingArray:
-    """A large greyscale image tiled from one scene, generated on read; counts each read."""
-
-    def __init__(self, scene: np.ndarray, shape: tuple[int, int]) -> None:
-        self.scene = scene
-        self.shape = shape
-        self.dtype = scene.dtype
-        self.ndim = 2
-        self.read_pixels = 0
-        self.reads: list[tuple[slice, ...]] = []
-
-    def __getitem__(self, index: tuple[slice, ...]) -> np.ndarray:
-        ys, xs = (s.indices(n) for s, n in zip(index, self.shape, strict=True))
-        self.reads.append(index)
-        rows = np.arange(*ys) % self.scene.shape[0]
-        cols = np.arange(*xs) % self.scene.shape[1]
-        self.read_pixels += rows.size * cols.size
-        return self.scene[np.ix_(rows, cols)]
 
 
 def _scribbles(sample, predicted: np.ndarray, k: int = 1) -> np.ndarray:

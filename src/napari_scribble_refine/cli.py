@@ -3,7 +3,9 @@
 ``scribble-refine demo`` (also ``python -m napari_scribble_refine.cli demo``) runs the main
 job end to end on synthetic sample data with the built-in models: predict, let a robot user
 scribble on the largest errors, refine, and print Dice and seconds per interaction.
-``predict`` and ``refine`` do the same steps on the user's own TIFF files.
+``predict`` and ``refine`` do the same steps on the user's own TIFF files; ``slide`` refines
+a whole slide lazily and writes its result tile by tile; ``apply`` predicts many files with
+one model (a tuned one too) on dask.distributed workers.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ import numpy as np
 import tifffile
 from tqdm import tqdm
 
+from . import slide_cli
 from .core import RefineConfig, RefineResult, RefineSession, load_model
 from .core.images import validate_image
-from .core.memory import TooLargeError, available_memory
 from .core.metrics import dice, per_class_dice
 from .core.models.base import SegmentationModel
 from .core.models.bioimageio_package import is_bioimageio_source
@@ -33,6 +35,7 @@ from .core.models.registry import default_model, is_torchscript
 from .core.models.saving import check_path, check_target, saved_settings
 from .core.robot import RobotUser
 from .core.synthetic import synthetic_fluorescence, synthetic_he
+from .image_files import read_image
 from .instance_files import write_instances
 
 DEMO_SEED = 20261126
@@ -66,59 +69,30 @@ def _write_instances(prefix: str, session: RefineSession) -> str:
     return ", ".join(str(f) for f in files)
 
 
-def _read_image(path: str, name: str) -> np.ndarray:
-    """Read a TIFF, refusing files that are unreadable or larger than the memory left."""
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"{name}: no such file {file}; give the path of a TIFF file")
-    try:
-        with tifffile.TiffFile(file) as tif:
-            series = tif.series[0]
-            shape, dtype = tuple(series.shape), np.dtype(series.dtype)
-            needed = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
-            room = available_memory()
-            if room is not None and needed > room:
-                raise TooLargeError(
-                    f"{name}: {file} holds an image of shape {shape} ({dtype}) that needs "
-                    f"{needed / 2**30:.1f} GB in memory, but {room / 2**30:.1f} GB is "
-                    "available; crop it to the region to correct first"
-                )
-            return series.asarray()
-    except (TooLargeError, MemoryError) as err:
-        if isinstance(err, MemoryError):
-            raise TooLargeError(f"{name}: {file} does not fit in memory") from None
-        raise
-    except Exception as err:  # tifffile raises assorted types for damaged files
-        raise ValueError(
-            f"{name}: cannot read {file} as a TIFF ({type(err).__name__}: "
-            f"{str(err).splitlines()[0][:200] if str(err) else 'damaged file'})"
-        ) from None
-
-
 class _Progress:
     """Progress bars on stderr (shown on a terminal only, as tqdm decides)."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
 
-    def bar(self, description: str, total: int) -> tqdm:
-        """Return a bar counting ``total`` pieces of work."""
+    def bar(self, description: str, total: int, unit: str = "step") -> tqdm:
+        """Return a bar counting ``total`` pieces of work (``unit`` each)."""
         return tqdm(
             total=total,
             desc=description,
-            unit="step",
+            unit=unit,
             leave=False,
             file=sys.stderr,
             disable=None if self.enabled else True,
         )
 
-    def counter(self, description: str) -> Callable[[int, int], None]:
+    def counter(self, description: str, unit: str = "step") -> Callable[[int, int], None]:
         """Return a ``progress(done, total)`` callback drawing one bar."""
         state: dict[str, tqdm] = {}
 
         def update(done: int, total: int) -> None:
             if "bar" not in state:
-                state["bar"] = self.bar(description, total)
+                state["bar"] = self.bar(description, total, unit)
             bar = state["bar"]
             bar.update(done - bar.n)
             if done >= total:
@@ -268,7 +242,7 @@ def _check_out(prefix: str) -> None:
 
 def _predict(args: argparse.Namespace, progress: _Progress) -> None:
     _check_out(args.out)
-    image = _read_image(args.image, "image")
+    image = read_image(args.image, "image")
     session = _session(args, image, RefineConfig(device=args.device), progress)
     progress.note("predicting classes ...")
     _write(Path(f"{args.out}_classes.tif"), session.predict().astype(np.uint8))
@@ -279,8 +253,8 @@ def _predict(args: argparse.Namespace, progress: _Progress) -> None:
 
 def _refine(args: argparse.Namespace, progress: _Progress) -> None:
     _check_out(args.out)
-    image = _read_image(args.image, "image")
-    scribbles = _read_image(args.scribbles, "scribbles")
+    image = read_image(args.image, "image")
+    scribbles = read_image(args.scribbles, "scribbles")
     config = RefineConfig(
         max_iterations=args.iterations,
         learning_rate=args.learning_rate,
@@ -313,7 +287,7 @@ def _refine(args: argparse.Namespace, progress: _Progress) -> None:
     for other in args.apply_to or []:
         target = RefineSession(
             session.model,
-            _read_image(other, "--apply-to"),
+            read_image(other, "--apply-to"),
             config,
             rgb=args.rgb,
             progress=progress.counter(f"applying to {Path(other).name}"),
@@ -321,6 +295,42 @@ def _refine(args: argparse.Namespace, progress: _Progress) -> None:
         name = f"{args.out}_{Path(other).stem}_classes.tif"
         _write(Path(name), target.predict().astype(np.uint8))
         print(f"applied the refined model to {other}: {name}")
+
+
+def _apply(args: argparse.Namespace, progress: _Progress) -> int:
+    """Apply one model to many images on dask workers; 3 when some images failed."""
+    out = Path(args.out)
+    if not out.is_dir():
+        what = "is a file, not a folder" if out.exists() else "does not exist"
+        raise ValueError(f"--out {args.out}: the folder {what}; create it or give another --out")
+    if not os.access(out, os.W_OK):
+        raise ValueError(f"--out {args.out}: the folder is not writable; give another --out")
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be 1 or more, got {args.workers}")
+    if args.workers is not None and args.scheduler is not None:
+        raise ValueError("--workers sets the local cluster's size; a --scheduler has its own")
+    from .batch import apply_model  # dask.distributed loads for this command only
+
+    progress.note(f"applying {args.model} to {len(args.images)} images ...")
+    report = apply_model(
+        args.model,
+        args.images,
+        out,
+        scheduler=args.scheduler,
+        n_workers=args.workers,
+        allow_code=args.allow_code,
+        rgb=args.rgb,
+        device=args.device,
+        progress=progress.counter("images", unit="image"),
+    )
+    print(report.summary())
+    if not report.failed:
+        return 0
+    total = len(args.images)
+    print(f"scribble-refine apply: {len(report.failed)} of {total} images failed:", file=sys.stderr)
+    for path, reason in report.failed.items():
+        print(f"  {path}: {reason}", file=sys.stderr)
+    return 3
 
 
 def _run_with_bar(
@@ -355,7 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     Returns
     -------
     argparse.ArgumentParser
-        The parser with sub-commands ``demo``, ``predict`` and ``refine``.
+        The parser with sub-commands ``demo``, ``predict``, ``refine``, ``slide`` and
+        ``apply``.
     """
     parser = _Parser(prog="scribble-refine", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -437,6 +448,36 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", default="auto")
         p.add_argument("--out", required=True, help="prefix of the output TIFF files")
         p.add_argument("--no-progress", action="store_true", help="no progress bars on a terminal")
+    slide_cli.add_parser(sub)
+    ap = sub.add_parser("apply", help="predict many images with one model, on dask workers")
+    ap.add_argument("images", nargs="+", metavar="IMAGE", help="TIFF images with distinct names")
+    ap.add_argument(
+        "--model",
+        required=True,
+        help="built-in name or a model file, such as a .safetensors written by --save-model",
+    )
+    ap.add_argument(
+        "--out",
+        required=True,
+        help="existing folder for <name>_classes.tif, _instances.tif, _types.csv, .geojson "
+        "and the _complete.json marker (complete outputs are skipped on a re-run)",
+    )
+    ap.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="a running dask scheduler, e.g. tcp://host:8786 (default: a local cluster)",
+    )
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="local workers, one core each (default: one per core)",
+    )
+    ap.add_argument("--allow-code", action="store_true", help="allow TorchScript model files")
+    ap.add_argument("--rgb", action=argparse.BooleanOptionalAction, default=None)
+    ap.add_argument("--device", default="cpu", help="torch device of every worker (default cpu)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar on a terminal")
     return parser
 
 
@@ -453,21 +494,27 @@ def main(argv: list[str] | None = None) -> int:
     int
         Exit status: 0 on success; 2 on bad input, a file-system error or a missing
         optional package (a one-line message); 1 on an unexpected error (a short message
-        naming a log file with the traceback); 130 when interrupted.
+        naming a log file with the traceback); 3 when ``apply`` finished but some images
+        failed (each named on stderr with its reason); 130 when interrupted.
     """
     given = sys.argv[1:] if argv is None else argv
     try:
         args = build_parser().parse_args(given)
     except _UsageError as error:
-        command = next((a for a in given if a in ("demo", "predict", "refine")), "")
+        command = next((a for a in given if a in ("demo", "predict", "refine", "apply")), "")
         print(f"scribble-refine {command}: {error}".replace(" :", ":"), file=sys.stderr)
         return 2
     progress = _Progress(not getattr(args, "no_progress", True))
+    status = 0
     try:
         if args.command == "demo":
             run_demo(Path(args.out), args.interactions, args.size)
         elif args.command == "predict":
             _predict(args, progress)
+        elif args.command == "apply":
+            status = _apply(args, progress)
+        elif args.command == "slide":
+            slide_cli.run(args, progress.counter)
         else:
             _refine(args, progress)
     except (ValueError, TypeError, OSError, ImportError) as error:  # ImportError: an extra
@@ -484,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    return 0
+    return status
 
 
 def _one_line(error: BaseException) -> str:

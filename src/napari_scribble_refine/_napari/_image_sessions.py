@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from napari.layers import Image, Labels
 
     from ..core.session import RefineSession
+    from ..core.slide import SlideSession
     from ._tasks import Outcome
 
 
@@ -56,6 +57,24 @@ class ImageSessions:
         """
         entry = self._sessions.get((layer_key(image), model))
         return entry[1] if entry is not None else None
+
+    def slide(self, image: Image | None, model: str) -> SlideSession | None:
+        """Return the slide session of a large image's regions with a model, or None.
+
+        Parameters
+        ----------
+        image : napari.layers.Image or None
+            The image layer.
+        model : str
+            The Model picker's spec.
+
+        Returns
+        -------
+        SlideSession or None
+            The slide session the image's session belongs to, when it has one.
+        """
+        session = self.session(image, model)
+        return None if session is None else session.slide
 
     def keep(self, image: Image, model: str, session: RefineSession) -> None:
         """Make ``session`` the image's session with ``model``.
@@ -133,7 +152,11 @@ class ImageSessions:
         return self._types.get(layer_key(image))
 
     def show_prediction(
-        self, image: Image, prediction: np.ndarray, class_names: list[str]
+        self,
+        image: Image,
+        prediction: np.ndarray,
+        class_names: list[str],
+        origin: tuple[int, ...] | None = None,
     ) -> Labels:
         """Show a class map in the image's prediction layer (added when needed).
 
@@ -145,6 +168,8 @@ class ImageSessions:
             Class map (0 = background, c = class c).
         class_names : list of str
             The model's classes (colours and hover names of a new layer).
+        origin : tuple of int, optional
+            Where the class map's first pixel lies in the image (a large image's region).
 
         Returns
         -------
@@ -159,13 +184,18 @@ class ImageSessions:
             name=f"{image.name} prediction",
             image=image,
             colormap=_layers.prediction_colormap(class_names),
+            origin=origin,
             opacity=0.5,
             features=_layers.class_features(class_names, offset=0),
         )
         return outputs["prediction"]
 
     def show_instances(
-        self, image: Image, instances: np.ndarray, classes: dict[int, int]
+        self,
+        image: Image,
+        instances: np.ndarray,
+        classes: dict[int, int],
+        origin: tuple[int, ...] | None = None,
     ) -> Labels:
         """Show nuclei, outlined in their class colours, in the image's instances layer.
 
@@ -177,6 +207,8 @@ class ImageSessions:
             Instance labels (0 = background).
         classes : dict of int to int
             Class of each instance.
+        origin : tuple of int, optional
+            Where the labels' first pixel lies in the image (a large image's region).
 
         Returns
         -------
@@ -192,6 +224,7 @@ class ImageSessions:
             name=f"{image.name} instances",
             image=image,
             colormap=colormap,
+            origin=origin,
             opacity=0.9,
         )
         self._outputs.setdefault(layer_key(image), {})["instances"] = layer
@@ -219,6 +252,7 @@ class ImageSessions:
             The model's classes.
         """
         self.keep(image, model, outcome.session)
-        self.show_prediction(image, outcome.prediction, class_names)
+        origin = outcome.session.origin
+        self.show_prediction(image, outcome.prediction, class_names, origin)
         if outcome.instances is not None:
-            self.show_instances(image, outcome.instances, outcome.instance_classes)
+            self.show_instances(image, outcome.instances, outcome.instance_classes, origin)

@@ -340,6 +340,7 @@ def set_output(
     name: str,
     image: Image,
     colormap: DirectLabelColormap,
+    origin: tuple[int, ...] | None = None,
     **kwargs: object,
 ) -> Labels:
     """Show engine output in a Labels layer the widget owns, creating it when needed.
@@ -359,6 +360,8 @@ def set_output(
         The image, whose scale and translation the output takes.
     colormap : DirectLabelColormap
         Colours of the values for a new layer (an existing layer keeps its own).
+    origin : tuple of int, optional
+        Where ``data``'s first pixel lies in the image (a large image's region).
     **kwargs
         Further ``Labels`` arguments for a new layer (``opacity``, ``features``, ...).
 
@@ -367,14 +370,13 @@ def set_output(
     napari.layers.Labels
         The layer showing ``data``.
     """
+    where = placement(image, origin)
     if layer is None or layer not in viewer.layers:
         return viewer.add_labels(
-            np.array(data, copy=True),
-            name=name,
-            colormap=colormap,
-            **_placement(image),
-            **kwargs,
+            np.array(data, copy=True), name=name, colormap=colormap, **where, **kwargs
         )
+    if origin is not None and not np.array_equal(layer.translate, where["translate"]):
+        layer.translate = where["translate"]  # another region of a large image
     if layer.data.shape == data.shape and layer.data.dtype == data.dtype:
         # in place: far cheaper than the data setter, which re-derives the viewer's dims
         np.copyto(layer.data, data)
@@ -384,9 +386,14 @@ def set_output(
     return layer
 
 
-def _placement(image: Image) -> dict[str, Any]:
+def placement(image: Image, origin: tuple[int, ...] | None = None) -> dict[str, Any]:
+    """Scale and translation that put a layer over ``image`` (at ``origin``, in pixels)."""
     ndim = len(spatial_shape(image))
-    return {"scale": image.scale[-ndim:], "translate": image.translate[-ndim:]}
+    scale = np.asarray(image.scale[-ndim:])
+    translate = np.asarray(image.translate[-ndim:])
+    if origin is not None:
+        translate = translate + np.asarray(origin) * scale
+    return {"scale": scale, "translate": translate}
 
 
 def brush_size_for(instances: np.ndarray | None) -> int:
@@ -413,7 +420,11 @@ def brush_size_for(instances: np.ndarray | None) -> int:
 
 
 def add_scribble_layer(
-    viewer: napari.Viewer, image: Image, class_names: list[str], brush_size: int = 5
+    viewer: napari.Viewer,
+    image: Image,
+    class_names: list[str],
+    brush_size: int = 5,
+    region: tuple[slice, ...] | None = None,
 ) -> Labels:
     """Add an empty scribble layer over an image, coloured and named by class.
 
@@ -427,6 +438,8 @@ def add_scribble_layer(
         The model's classes (value ``c + 1`` paints class ``c``).
     brush_size : int
         The brush width (see :func:`brush_size_for`).
+    region : tuple of slice, optional
+        Cover only this region of the image (a large image's working region).
 
     Returns
     -------
@@ -434,13 +447,16 @@ def add_scribble_layer(
         The new layer, in paint mode.
     """
     layer = viewer.add_labels(
-        np.zeros(spatial_shape(image), dtype=np.uint8),
+        np.zeros(
+            spatial_shape(image) if region is None else tuple(s.stop - s.start for s in region),
+            dtype=np.uint8,
+        ),
         name=f"{image.name} scribbles",
         colormap=scribble_colormap(class_names),
         features=class_features(class_names, offset=1),
         metadata={"scribble_refine": "scribbles"},
         opacity=0.9,
-        **_placement(image),
+        **placement(image, None if region is None else tuple(s.start for s in region)),
     )
     layer.brush_size = brush_size
     layer.mode = "paint"
@@ -471,7 +487,7 @@ def add_points_layer(viewer: napari.Viewer, image: Image, class_names: list[str]
         name=f"{image.name} points",
         size=7,
         features={"class": np.zeros(0, dtype=int)},
-        **_placement(image),
+        **placement(image),
     )
     layer.mode = "add"
     return layer
@@ -500,7 +516,7 @@ def add_boxes_layer(viewer: napari.Viewer, image: Image, class_names: list[str])
         features={"class": np.zeros(0, dtype=int)},
         face_color="transparent",
         edge_width=2,
-        **_placement(image),
+        **placement(image),
     )
     layer.mode = "add_rectangle"
     return layer

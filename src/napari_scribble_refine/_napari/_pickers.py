@@ -18,6 +18,7 @@ from napari.utils.notifications import show_error
 
 from ..core.scribbles import validate_scribbles
 from . import _layers
+from ._large_images import region_text
 from ._layers import layer_key
 from ._tasks import Feedback
 
@@ -118,7 +119,14 @@ class LayerPickers:
             if isinstance(layer, Image) and layer_key(layer) != current
         ]
 
-    def feedback(self, image: Image, n_classes: int, point_radius: int, box_ring: int) -> Feedback:
+    def feedback(
+        self,
+        image: Image,
+        n_classes: int,
+        point_radius: int,
+        box_ring: int,
+        region: tuple[slice, ...] | None = None,
+    ) -> Feedback:
         """Copy the chosen scribbles, points and boxes, in the image's pixels.
 
         Parameters
@@ -129,6 +137,10 @@ class LayerPickers:
             How many classes the model has (scribble values above ``n_classes`` are errors).
         point_radius, box_ring : int
             See :class:`~._tasks.Feedback`.
+        region : tuple of slice, optional
+            The region of a large image the session covers: scribbles, points and boxes
+            are cut to it, in its pixels. A scribble layer covers the whole image or
+            exactly this region.
 
         Returns
         -------
@@ -138,22 +150,28 @@ class LayerPickers:
         Raises
         ------
         ValueError
-            If the scribbles do not fit the image or the classes.
+            If the scribbles do not fit the image (or region) or the classes.
         """
         shape = _layers.spatial_shape(image)
+        origin = np.zeros(len(shape), dtype=int)
+        if region is not None:
+            origin = np.array([s.start for s in region])
+            shape = tuple(s.stop - s.start for s in region)
         scribbles = None
         layer = self.scribbles.value
         if layer is not None:
-            scribbles = validate_scribbles(
-                _layers.labels_array(layer), shape, n_classes, name=f"Scribble layer '{layer.name}'"
-            )
+            marks = _region_marks(layer, image, region)
+            name = f"Scribble layer '{layer.name}'"
+            scribbles = validate_scribbles(marks, shape, n_classes, name=name)
         points, point_classes = np.zeros((0, len(shape))), np.zeros(0, dtype=int)
         if self.points.value is not None:
             points, point_classes = _layers.point_prompts(self.points.value, image)
+            points = points - origin
         boxes: list[np.ndarray] = []
         box_classes = np.zeros(0, dtype=int)
         if self.boxes.value is not None:
             boxes, box_classes = _layers.box_prompts(self.boxes.value, image)
+            boxes = [box - origin for box in boxes]
         return Feedback(
             scribbles=scribbles,
             points=points,
@@ -178,3 +196,21 @@ class LayerPickers:
         self._watched = self.scribbles.value if on_brush is not None else None
         if self._watched is not None:
             self._watched.events.selected_label.connect(on_brush)
+
+
+def _region_marks(layer: Labels, image: Image, region: tuple[slice, ...] | None) -> np.ndarray:
+    """Return a scribble layer's values over the image, or over a large image's region."""
+    if region is None:
+        return _layers.labels_array(layer)
+    shape = tuple(s.stop - s.start for s in region)
+    data = layer.data[0] if layer.multiscale else layer.data
+    if tuple(data.shape) == _layers.spatial_shape(image):  # covers the whole image
+        return np.array(data[region], dtype=np.int32)
+    expected = _layers.placement(image, tuple(s.start for s in region))["translate"]
+    if tuple(data.shape) != shape or not np.allclose(layer.translate, expected):
+        raise ValueError(
+            f"Scribble layer '{layer.name}' was painted on another region of this large "
+            f"image; Predict works on the region in view ({region_text(region)}): press "
+            "New scribbles there, or pan back and Predict where the scribbles are"
+        )
+    return np.array(data, dtype=np.int32)

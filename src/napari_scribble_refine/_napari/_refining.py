@@ -18,7 +18,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from superqt.utils import qthrottled
 
 from ..core.images import validate_image
-from . import _layers, _tasks
+from . import _large_images, _layers, _tasks
 from ._layers import layer_key
 
 if TYPE_CHECKING:
@@ -56,7 +56,8 @@ class Refinement:
         Returns the widget's :class:`RefineConfig` (raises ``ValueError``/``TypeError``
         with the config's own message when a setting is not valid).
     feedback : callable
-        Copies the scribbles, points and boxes for an image (:class:`~._tasks.Feedback`).
+        ``feedback(image, session)`` copies the scribbles, points and boxes for an image
+        (:class:`~._tasks.Feedback`), cut to the session's region of a large image.
     progress : magicgui.widgets.ProgressBar
         The progress bar beside Cancel.
     on_status : callable
@@ -84,7 +85,7 @@ class Refinement:
         runner: TaskRunner,
         start: Callable[..., Any],
         config: Callable[[], RefineConfig],
-        feedback: Callable[[Image], _tasks.Feedback],
+        feedback: Callable[[Image, Any], _tasks.Feedback],
         progress: ProgressBar,
         on_status: Callable[[str], None],
     ) -> None:
@@ -119,16 +120,20 @@ class Refinement:
         self._on_status(str(error))
         show_error(str(error))
 
-    def _inputs(self) -> tuple[Image, Any, Any] | None:
+    def _inputs(self, follow_view: bool = False) -> tuple[Image, Any, Any] | None:
         """Check on the GUI thread what Predict and Refine start from.
 
         Returns the image layer, the open session for it (or None) and, without one, a
         function that opens a session from a private copy of the image; None when the inputs
-        were rejected (with a notification).
+        were rejected (with a notification). On a large image (:mod:`._large_images`) the
+        session covers a region: with ``follow_view`` (Predict) the region on screen.
         """
         if self._runner.busy:
             show_info(f"Busy {self._runner.name}: wait or Cancel first")
             return None
+        image_layer = self._pickers.image.value
+        if image_layer is not None and _large_images.is_large(image_layer):
+            return self._region_inputs(image_layer, follow_view)
         image_layer = self._pickers.require_image()
         if image_layer is None:
             return None
@@ -148,6 +153,37 @@ class Refinement:
 
         return image_layer, None, make_session
 
+    def _region_inputs(self, image_layer: Image, follow_view: bool) -> tuple[Image, Any, Any]:
+        """Return what a task on a large image starts from: the session of a region."""
+        session = self.session_of(image_layer)
+        region = _large_images.visible_region(self._viewer, image_layer)
+        if session is not None and not session.closed:
+            here = tuple(s.start for s in region) == session.origin and tuple(
+                s.stop - s.start for s in region
+            ) == tuple(session.spatial_shape)
+            if here or not follow_view:
+                return image_layer, session, None
+        elif not follow_view:
+            raise ValueError(
+                f"Image '{image_layer.name}' is large: press Predict first, to work on the "
+                "region in view"
+            )
+        spec = self._models.spec()
+        slide = self._images.slide(image_layer, spec)
+        model, load = self._models.cached(spec)
+        data, rgb = _large_images.full_resolution(image_layer), bool(image_layer.rgb)
+        config = self._config()
+
+        def make_session() -> RefineSession:
+            nonlocal model, slide
+            if slide is None:
+                if model is None:
+                    model = load()
+                slide = _large_images.start_slide(model, data, rgb, config)
+            return slide.region_session(region)
+
+        return image_layer, None, make_session
+
     def predict(self, wait: bool = False) -> Any:
         """Segment the chosen image in the background and show the prediction.
 
@@ -162,7 +198,7 @@ class Refinement:
             The thread worker, or None when the inputs were rejected (see the notification).
         """
         try:
-            inputs = self._inputs()
+            inputs = self._inputs(follow_view=True)
         except (ValueError, TypeError) as error:
             self._reject(error)
             return None
@@ -194,7 +230,7 @@ class Refinement:
             if inputs is None:
                 return None
             image, session, make_session = inputs
-            feedback = self._feedback(image)
+            feedback = self._feedback(image, session)
             config = self._config()
         except (ValueError, TypeError) as error:
             self._reject(error)

@@ -27,7 +27,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, Label, LineEdit, PushButton
 from napari.utils.notifications import show_error, show_info
 
-from . import _layers, _tasks
+from . import _large_images, _layers, _tasks
 from ._brush import Brush
 from ._controls import SHORTCUTS, ActionButtons, row
 from ._image_sessions import ImageSessions
@@ -322,12 +322,18 @@ class ScribbleRefineWidget(Container):
     def _show_classes(self, class_names: list[str]) -> None:
         self._brush.set_classes(class_names, self.prediction_layer)
 
-    def _feedback(self, image: Image) -> _tasks.Feedback:
+    def _feedback(self, image: Image, session: RefineSession | None = None) -> _tasks.Feedback:
+        region = None
+        if session is not None and session.slide is not None:  # a large image's region
+            region = tuple(
+                slice(o, o + n) for o, n in zip(session.origin, session.spatial_shape, strict=True)
+            )
         return self._pickers.feedback(
             image,
             len(self._brush.class_names),
             self._settings.inputs["point_radius"].value,
             self._settings.inputs["box_ring"].value,
+            region=region,
         )
 
     # ------------------------------------------------------------------ brush, new layers
@@ -347,9 +353,24 @@ class ScribbleRefineWidget(Container):
         """
         shown = self.instances_layer
         brush = _layers.brush_size_for(None if shown is None else np.asarray(shown.data))
+        image = self._pickers.image.value
+        region = None
+        if image is not None and _large_images.is_large(image):  # over Predict's region
+            session = self.session
+            if session is None or session.slide is None:
+                show_error(
+                    f"Image '{image.name}' is large: press Predict first; scribbles then "
+                    "cover the region it worked on"
+                )
+                return None
+            region = tuple(
+                slice(o, o + n) for o, n in zip(session.origin, session.spatial_shape, strict=True)
+            )
 
         def add(viewer: Any, image: Image, class_names: list[str]) -> Labels:
-            return _layers.add_scribble_layer(viewer, image, class_names, brush_size=brush)
+            return _layers.add_scribble_layer(
+                viewer, image, class_names, brush_size=brush, region=region
+            )
 
         layer = self._brush.new_layer(add, self._pickers.scribbles)
         if layer is not None and shown is not None:

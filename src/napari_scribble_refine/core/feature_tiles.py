@@ -105,6 +105,24 @@ class TileFeatures:
         cols = [j for j, (a, b) in enumerate(self._cols) if a < xs.stop and b > xs.start]
         return [(z, i, j) for z in self._slices(region) for i in rows for j in cols]
 
+    def box(self, key: TileKey) -> Region:
+        """Return the region of one tile (without its halo).
+
+        Parameters
+        ----------
+        key : TileKey
+            ``(slice, row, column)``.
+
+        Returns
+        -------
+        Region
+            ``(ys, xs)``, or ``(zs, ys, xs)`` for a stack.
+        """
+        z, i, j = key
+        (y0, y1), (x0, x1) = self._rows[i], self._cols[j]
+        box: Region = (slice(y0, y1), slice(x0, x1))
+        return ((slice(z, z + 1),) + box) if self.image.info.is_3d else box
+
     def cached(self, key: TileKey) -> bool:
         """Whether a tile's features are in memory now."""
         return key in self._cache

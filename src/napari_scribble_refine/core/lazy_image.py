@@ -183,6 +183,19 @@ class LazyImage:
             )
         return block
 
+    def _on_chunks(self, starts: np.ndarray, axis: int, patch: int) -> np.ndarray:
+        """Move patch starts to the start of their chunk (one chunk read per patch)."""
+        chunks = getattr(self.array, "chunks", None)
+        spatial = len(self.spatial_shape)
+        if not isinstance(chunks, tuple) or not chunks or not isinstance(chunks[0], tuple):
+            return starts
+        sizes = np.asarray(chunks[spatial + axis])
+        bounds = np.concatenate([[0], np.cumsum(sizes)])
+        index = np.searchsorted(bounds, starts, side="right") - 1
+        snapped = bounds[index]
+        fits = sizes[index] >= patch
+        return np.unique(np.where(fits, snapped, starts))
+
     def sample(self, max_pixels: int) -> np.ndarray:
         """Read a grid of patches spread over the image, as one 2D mosaic.
 
@@ -211,8 +224,8 @@ class LazyImage:
         depth = shape[0] if self.info.is_3d else 1
         per_slice = max(1, math.ceil(n_patches / depth))
         side = max(1, math.ceil(math.sqrt(per_slice)))
-        ys = np.linspace(0, height - ph, side).astype(int)
-        xs = np.linspace(0, width - pw, side).astype(int)
+        ys = self._on_chunks(np.linspace(0, height - ph, side).astype(int), -2, ph)
+        xs = self._on_chunks(np.linspace(0, width - pw, side).astype(int), -1, pw)
         zs = np.linspace(0, depth - 1, min(depth, n_patches)).astype(int)
         patches = []
         for z in np.unique(zs):

@@ -17,6 +17,7 @@ import os
 import warnings
 from collections.abc import Callable, Generator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -35,6 +36,9 @@ from .refine_loop import no_op_refinement, refinement_loop
 from .scribbles import grow_scribbles, validate_scribbles
 from .steps import RefineResult, RefineStep
 from .tiling import compute_features
+
+if TYPE_CHECKING:
+    from .slide import SlideSession
 
 __all__ = ["RefineSession"]
 
@@ -90,6 +94,12 @@ class RefineSession:
         Why that device was chosen.
     image_info : ImageInfo
         Layout of the image.
+    origin : tuple of int
+        Where the image's first pixel lies in a larger image it was cut from (a
+        :class:`~.slide.SlideSession`'s region sets it; zeros otherwise), so a GUI can place
+        the session's output over the larger image.
+    slide : SlideSession or None
+        The slide session whose region this session covers (None for a whole image).
 
     Raises
     ------
@@ -131,6 +141,8 @@ class RefineSession:
         default_halo = getattr(model, "trunk_halo", 64)
         self.tile_halo = int(tile_halo if tile_halo is not None else default_halo)
 
+        self.origin: tuple[int, ...] = (0,) * len(self.image_info.spatial_shape)
+        self.slide: SlideSession | None = None
         self._closed = False
         if not copy_model:
             claim_in_place(model, None)  # refuse before changing a model another session tunes
@@ -190,6 +202,11 @@ class RefineSession:
         self._run_token += 1  # a suspended refinement takes no further step
         self._final_prediction.release()
         release_in_place(self.model, self)
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
 
     def __enter__(self) -> RefineSession:
         return self

@@ -23,11 +23,10 @@ pre-trained head.
 from __future__ import annotations
 
 import copy
-import hashlib
-import math
 import os
 import warnings
 from collections.abc import Callable, Generator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,7 +37,9 @@ from .feature_tiles import TileFeatures
 from .history import DEFAULT_BUDGET_MB
 from .lazy_image import LazyImage, Region
 from .models.base import HeadState, SegmentationModel
+from .models.saving import check_target, tuning_notes
 from .refine_loop import no_op_refinement
+from .regions import box_text, clip_region, contains, hull, n_pixels, scribble_box
 from .session import RefineSession
 from .steps import RefineResult, RefineStep
 from .tile_normalisation import tile_normaliser
@@ -47,56 +48,6 @@ __all__ = ["SlideSession"]
 
 WHOLE_MAX_PIXELS = 4096 * 4096
 """``predict()`` without a region works on images up to this size (all slices)."""
-
-
-def _box_text(region: Region) -> str:
-    return "[" + ", ".join(f"{s.start}:{s.stop}" for s in region) + "]"
-
-
-def _pixels(region: Region) -> int:
-    return math.prod(s.stop - s.start for s in region)
-
-
-def _contains(outer: Region, inner: Region) -> bool:
-    return all(o.start <= i.start and i.stop <= o.stop for o, i in zip(outer, inner, strict=True))
-
-
-def _hull(a: Region, b: Region) -> Region:
-    return tuple(
-        slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b, strict=True)
-    )
-
-
-def scribble_box(scribbles: Any) -> Region | None:
-    """Return the smallest box holding every scribbled pixel, or None when nothing is scribbled.
-
-    Each axis narrows the box before the next is measured, so only the first pass reads
-    the whole array (a dask or zarr array chunk by chunk).
-
-    Parameters
-    ----------
-    scribbles : array_like
-        A numpy, dask or zarr array.
-
-    Returns
-    -------
-    Region or None
-        A box over the array's axes.
-    """
-    if not isinstance(scribbles, np.ndarray):
-        import dask.array as da
-
-        scribbles = da.asarray(scribbles)
-    box: list[slice] = [slice(0, n) for n in scribbles.shape]
-    for axis in range(scribbles.ndim):
-        others = tuple(a for a in range(scribbles.ndim) if a != axis)
-        projection = scribbles[tuple(box)].any(axis=others)
-        hits = np.flatnonzero(np.asarray(projection))
-        if hits.size == 0:
-            return None
-        start = box[axis].start
-        box[axis] = slice(start + int(hits[0]), start + int(hits[-1]) + 1)
-    return tuple(box)
 
 
 class SlideSession:
@@ -250,7 +201,6 @@ class SlideSession:
             If the region has the wrong number of axes, is empty, or has more than
             ``max_region_pixels`` pixels.
         """
-        shape = self.spatial_shape
         if region is None:
             if self.image.n_pixels > min(WHOLE_MAX_PIXELS, self.max_region_pixels):
                 raise ValueError(
@@ -259,20 +209,7 @@ class SlideSession:
                     "write the whole result tile by tile with write_prediction(path)"
                 )
             return self.image.whole()
-        if len(region) != len(shape) or not all(isinstance(s, slice) for s in region):
-            raise ValueError(
-                f"region: give {len(shape)} slices over the axes of shape {shape}, got {region!r}"
-            )
-        clipped = tuple(slice(*s.indices(n)[:2]) for s, n in zip(region, shape, strict=True))
-        if any(s.stop <= s.start for s in clipped):
-            raise ValueError(f"region: {_box_text(clipped)} is empty inside the image {shape}")
-        if _pixels(clipped) > self.max_region_pixels:
-            raise ValueError(
-                f"region: {_box_text(clipped)} has {_pixels(clipped):,} pixels, more than "
-                f"max_region_pixels ({self.max_region_pixels:,}); zoom in, scribble within a "
-                "smaller area, or raise max_region_pixels if memory allows"
-            )
-        return clipped
+        return clip_region(region, self.spatial_shape, self.max_region_pixels)
 
     # ------------------------------------------------------------------ regions
     def _tuned(self) -> bool:
@@ -298,6 +235,8 @@ class SlideSession:
         except BaseException:
             model.load_head_state(current)
             raise
+        session.origin = tuple(s.start for s in region)
+        session.slide = self
         if tuned:
             marks = None if self._scribbles is None else np.asarray(self._scribbles[region])
             session.adopt_head(
@@ -386,6 +325,27 @@ class SlideSession:
         self.working_region = region
         return self._work
 
+    def region_session(self, region: tuple[slice, ...]) -> RefineSession:
+        """Make ``region`` the working region and return its session.
+
+        The session is an ordinary :class:`~.session.RefineSession` on the region's pixels
+        (the tiles' features, the head as tuned so far, the pre-trained head as its
+        reference): a GUI can drive it as it drives a session on a whole image. It stays
+        the working region's session until another region becomes the working one.
+
+        Parameters
+        ----------
+        region : tuple of slice
+            A box over the spatial axes.
+
+        Returns
+        -------
+        RefineSession
+            The working region's session.
+        """
+        self._check_open()
+        return self._working(self.check_region(region))
+
     def working_region_for(
         self, scribbles: Any, region: tuple[slice, ...] | None = None
     ) -> Region | None:
@@ -415,19 +375,19 @@ class SlideSession:
         view = None if region is None else self.check_region(region)
         if box is None:
             return view
-        wanted = box if view is None else _hull(box, view)
-        if self.working_region is not None and _contains(self.working_region, wanted):
+        wanted = box if view is None else hull(box, view)
+        if self.working_region is not None and contains(self.working_region, wanted):
             return self.working_region
         if view is not None:  # too far apart: the view alone (the rest is not used)
-            return wanted if _pixels(wanted) <= self.max_region_pixels else view
+            return wanted if n_pixels(wanted) <= self.max_region_pixels else view
         shape = self.spatial_shape
         grown = list(box)
         for axis in (-2, -1):
             s, n = box[axis], shape[axis]
             grown[axis] = slice(max(0, s.start - self.context), min(n, s.stop + self.context))
-        if _pixels(tuple(grown)) > self.max_region_pixels:
+        if n_pixels(tuple(grown)) > self.max_region_pixels:
             raise ValueError(
-                f"scribbles: they span {_box_text(box)}, more than max_region_pixels "
+                f"scribbles: they span {box_text(box)}, more than max_region_pixels "
                 f"({self.max_region_pixels:,}) with their context; pass region= (the viewport) "
                 "to refine on the scribbles there"
             )
@@ -498,14 +458,14 @@ class SlideSession:
         self._scribbles, self._settings = scribbles, cfg
         crop = np.asarray(scribbles[working])
         outside = 0
-        if box is not None and not _contains(working, box):
+        if box is not None and not contains(working, box):
             outside = int(np.count_nonzero(np.asarray(scribbles[box]))) - int(
                 np.count_nonzero(crop)
             )
         if outside > 0:
             warnings.warn(
                 f"{outside} scribbled pixel(s) lie outside the working region "
-                f"{_box_text(working)} and are not used; refine near them (region=...) to use "
+                f"{box_text(working)} and are not used; refine near them (region=...) to use "
                 "them",
                 UserWarning,
                 stacklevel=2,
@@ -558,16 +518,29 @@ class SlideSession:
         self._check_open()
         return self._work.reset() if self._work is not None else False
 
-    # ------------------------------------------------------------------ the whole image
-    def _fingerprint(self) -> str:
-        digest = hashlib.sha1()
-        state = self.model.head_state()
-        for name in sorted(state["weights"]):
-            digest.update(name.encode())
-            digest.update(state["weights"][name].float().cpu().numpy().tobytes())
-        digest.update(repr(self._settings).encode())
-        return digest.hexdigest()
+    def save_model(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Save the network with its head as tuned now (see :meth:`RefineSession.save_model`).
 
+        Parameters
+        ----------
+        path : str or os.PathLike
+            Output file, with a suffix the model's format takes.
+        overwrite : bool
+            Replace an existing file.
+
+        Returns
+        -------
+        Path
+            The file written.
+        """
+        self._check_open()
+        if self._work is not None:
+            return self._work.save_model(path, overwrite=overwrite)
+        target = check_target(self.model, path, overwrite)
+        self.model.save(target, {"adapted": tuning_notes(self.model.name, self.spatial_shape, [])})
+        return target
+
+    # ------------------------------------------------------------------ the whole image
     def write_prediction(
         self,
         path: str | os.PathLike,
@@ -578,9 +551,7 @@ class SlideSession:
     ) -> Any:
         """Write the class map of the whole image to a zarr array, tile by tile, resumably.
 
-        Each tile is predicted with ``margin`` pixels of context and written as it is done;
-        a run that stops (an error, Ctrl+C) resumes where it stopped when called again with
-        the same head. The scribbles of the last refinement are applied where they are.
+        See :func:`~.slide_output.write_prediction`, which this calls.
 
         Parameters
         ----------
@@ -596,68 +567,34 @@ class SlideSession:
         Returns
         -------
         zarr.Array
-            The result (uint8 class indices; int32 above 254 classes).
-
-        Raises
-        ------
-        ValueError
-            If ``path`` holds a result of another head or shape and ``overwrite`` is False.
+            The result.
         """
-        import zarr
+        from .slide_output import write_prediction
 
         self._check_open()
-        shape = self.spatial_shape
-        tile = self.features.tile
-        fingerprint = self._fingerprint()
-        dtype = np.uint8 if self.n_classes < 255 else np.int32
-        chunks = ((1,) if self.image.info.is_3d else ()) + (tile, tile)
-        target = None
-        if os.path.exists(path) and not overwrite:
-            target = zarr.open_array(str(path), mode="r+")
-            meta = dict(target.attrs).get("scribble_refine", {})
-            if meta.get("head") != fingerprint or tuple(target.shape) != shape:
-                raise ValueError(
-                    f"{path} holds a result of another head or image; pass overwrite=True to "
-                    "replace it, or write to another path"
-                )
-        if target is None:
-            target = zarr.open_array(
-                str(path), mode="w", shape=shape, chunks=chunks, dtype=dtype, fill_value=0
+        try:
+            return write_prediction(
+                self, path, margin=margin, overwrite=overwrite, progress=progress
             )
-            target.attrs["scribble_refine"] = {
-                "head": fingerprint,
-                "class_names": self.class_names,
-                "done": [],
-            }
-        meta = dict(target.attrs["scribble_refine"])
-        done = {tuple(k) for k in meta["done"]}
-        whole = self.image.whole()
-        keys = self.features.keys(whole)
-        for n, key in enumerate(keys, start=1):
-            if key not in done:
-                core = self._tile_region(key)
-                context = tuple(
-                    s
-                    if (self.image.info.is_3d and axis == 0)
-                    else slice(max(0, s.start - margin), min(size, s.stop + margin))
-                    for axis, (s, size) in enumerate(zip(core, shape, strict=True))
-                )
-                classes = self._session_for(context).predict()
-                inner = tuple(
-                    slice(c.start - x.start, c.stop - x.start)
-                    for c, x in zip(core, context, strict=True)
-                )
-                target[core] = classes[inner].astype(dtype)
-                done.add(key)
-                meta["done"] = sorted(done)
-                target.attrs["scribble_refine"] = meta
-            if progress is not None:
-                progress(n, len(keys))
-        self._drop_view()
-        return target
+        finally:
+            self._drop_view()
 
-    def _tile_region(self, key: tuple[int, int, int]) -> Region:
-        z, i, j = key
-        (y0, y1), (x0, x1) = self.features._rows[i], self.features._cols[j]
-        box: Region = (slice(y0, y1), slice(x0, x1))
-        return ((slice(z, z + 1),) + box) if self.image.info.is_3d else box
+    def predict_tile(self, context: Region) -> np.ndarray:
+        """Return the class map of a region for a writer (a viewing session, not kept).
+
+        Parameters
+        ----------
+        context : Region
+            A region inside the image.
+
+        Returns
+        -------
+        numpy.ndarray
+            int32 class map of the region.
+        """
+        return self._session_for(context).predict()
+
+    @property
+    def settings(self) -> RefineConfig | None:
+        """The settings of the last refinement (None before one)."""
+        return self._settings

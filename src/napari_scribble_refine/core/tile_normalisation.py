@@ -25,7 +25,7 @@ __all__ = ["EXACT_MAX_PIXELS", "SAMPLE_PIXELS", "TileNormaliser", "tile_normalis
 EXACT_MAX_PIXELS = 2048 * 2048
 """Images up to this many pixels (all slices) are normalised whole, once."""
 
-SAMPLE_PIXELS = 2048 * 2048
+SAMPLE_PIXELS = 1024 * 1024
 """Pixels of a large image's sample the scaling is measured on."""
 
 TileNormaliser = Callable[[np.ndarray, Region], np.ndarray]

@@ -1,0 +1,105 @@
+"""Boxes over an image's spatial axes (regions), and the box that holds the scribbles."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from .lazy_image import Region
+
+__all__ = ["box_text", "clip_region", "contains", "hull", "n_pixels", "scribble_box"]
+
+
+def box_text(region: Region) -> str:
+    """Write a region as ``[y0:y1, x0:x1]``."""
+    return "[" + ", ".join(f"{s.start}:{s.stop}" for s in region) + "]"
+
+
+def n_pixels(region: Region) -> int:
+    """Count a region's pixels."""
+    return math.prod(s.stop - s.start for s in region)
+
+
+def contains(outer: Region, inner: Region) -> bool:
+    """Whether ``outer`` holds all of ``inner``."""
+    return all(o.start <= i.start and i.stop <= o.stop for o, i in zip(outer, inner, strict=True))
+
+
+def hull(a: Region, b: Region) -> Region:
+    """Return the smallest region holding both."""
+    return tuple(
+        slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b, strict=True)
+    )
+
+
+def scribble_box(scribbles: Any) -> Region | None:
+    """Return the smallest box holding every scribbled pixel, or None when nothing is scribbled.
+
+    Each axis narrows the box before the next is measured, so only the first pass reads
+    the whole array (a dask or zarr array chunk by chunk).
+
+    Parameters
+    ----------
+    scribbles : array_like
+        A numpy, dask or zarr array.
+
+    Returns
+    -------
+    Region or None
+        A box over the array's axes.
+    """
+    if not isinstance(scribbles, np.ndarray):
+        import dask.array as da
+
+        scribbles = da.asarray(scribbles)
+    box: list[slice] = [slice(0, n) for n in scribbles.shape]
+    for axis in range(scribbles.ndim):
+        others = tuple(a for a in range(scribbles.ndim) if a != axis)
+        projection = scribbles[tuple(box)].any(axis=others)
+        hits = np.flatnonzero(np.asarray(projection))
+        if hits.size == 0:
+            return None
+        start = box[axis].start
+        box[axis] = slice(start + int(hits[0]), start + int(hits[-1]) + 1)
+    return tuple(box)
+
+
+def clip_region(region: tuple[slice, ...], shape: tuple[int, ...], max_pixels: int) -> Region:
+    """Clip a region to an image and refuse an empty or too large one.
+
+    Parameters
+    ----------
+    region : tuple of slice
+        A box over the spatial axes.
+    shape : tuple of int
+        The image's spatial shape.
+    max_pixels : int
+        The most pixels a region may have.
+
+    Returns
+    -------
+    Region
+        With integer starts and stops inside the image.
+
+    Raises
+    ------
+    ValueError
+        If the region has the wrong number of axes, is empty, or has more than
+        ``max_pixels`` pixels.
+    """
+    if len(region) != len(shape) or not all(isinstance(s, slice) for s in region):
+        raise ValueError(
+            f"region: give {len(shape)} slices over the axes of shape {shape}, got {region!r}"
+        )
+    clipped = tuple(slice(*s.indices(n)[:2]) for s, n in zip(region, shape, strict=True))
+    if any(s.stop <= s.start for s in clipped):
+        raise ValueError(f"region: {box_text(clipped)} is empty inside the image {shape}")
+    if n_pixels(clipped) > max_pixels:
+        raise ValueError(
+            f"region: {box_text(clipped)} has {n_pixels(clipped):,} pixels, more than "
+            f"max_region_pixels ({max_pixels:,}); zoom in, scribble within a smaller area, "
+            "or raise max_region_pixels if memory allows"
+        )
+    return clipped

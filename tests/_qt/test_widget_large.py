@@ -1,0 +1,92 @@
+"""A large (multiscale, lazy) image in a real viewer: the widget works on the region in view."""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import pytest
+from _lazy_arrays import CountingArray
+from _qt_helpers import click
+
+from napari_scribble_refine.core.synthetic import synthetic_fluorescence
+from napari_scribble_refine.scripting import open_widget
+
+SIDE = 16384
+
+
+@pytest.fixture
+def slide(make_napari_viewer, fluo_model):
+    scene = synthetic_fluorescence((256, 256), seed=5)
+    source = CountingArray(scene.image, (SIDE, SIDE))
+    level0 = da.from_array(source, chunks=512, asarray=False)
+    level1 = np.tile(scene.image[::4, ::4], (SIDE // 256, SIDE // 256))
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image([level0, level1], name="slide", multiscale=True, contrast_limits=(0, 255))
+    widget = open_widget(viewer, image="slide", model=fluo_model, device="cpu")
+    widget.configure(max_iterations=10)
+    return viewer, widget, scene, source
+
+
+def _look_at(viewer, qtbot, centre: tuple[float, float], side: float) -> None:
+    """Pan and zoom so that about ``side`` level-0 pixels fill the canvas; let it draw."""
+    viewer.camera.center = centre
+    canvas = viewer.window._qt_viewer.canvas.size
+    viewer.camera.zoom = min(canvas) / side
+    qtbot.wait(300)
+
+
+def _region(layer) -> tuple[slice, slice]:
+    (y, x), (h, w) = np.round(layer.translate).astype(int), layer.data.shape
+    return slice(y, y + h), slice(x, x + w)
+
+
+def test_predict_refine_and_move_on_a_large_image(slide, qtbot):
+    viewer, widget, scene, source = slide
+    _look_at(viewer, qtbot, (8000, 8000), 600)
+    before = source.read_pixels
+    click(qtbot, widget._buttons.predict, widget)
+    prediction = widget.prediction_layer
+    region = _region(prediction)
+    height, width = prediction.data.shape
+    assert 500 <= height <= 2048 and 500 <= width <= 2048  # what is on screen, not 6144²
+    assert region[0].start <= 8000 < region[0].stop and region[1].start <= 8000 < region[1].stop
+    session = widget.session
+    assert session.slide is not None and session.origin == (region[0].start, region[1].start)
+    np.testing.assert_array_equal(prediction.data, session.prediction)
+    assert widget.instances_layer.data.shape == (height, width)
+    assert source.read_pixels - before < 0.05 * SIDE * SIDE  # tiles under the view only
+
+    scribbles = widget.new_scribbles()
+    assert scribbles.data.shape == (height, width)
+    np.testing.assert_allclose(scribbles.translate, prediction.translate)
+    truth = np.tile(scene.types > 0, (SIDE // 256, SIDE // 256))[region]
+    marks = np.zeros((height, width), np.uint8)
+    marks[::9] = truth[::9] + 1
+    scribbles.data = marks
+    pretrained = prediction.data.copy()
+    click(qtbot, widget._buttons.refine, widget)
+    assert not np.array_equal(prediction.data, pretrained)
+    np.testing.assert_array_equal(prediction.data, session.prediction)
+    click(qtbot, widget._buttons.undo, widget)
+    np.testing.assert_array_equal(prediction.data, pretrained)
+    click(qtbot, widget._buttons.redo, widget)
+    tuned = session.model.head_state()["weights"]
+
+    _look_at(viewer, qtbot, (800, 5200), 400)  # another part of the slide
+    click(qtbot, widget._buttons.predict, widget)
+    moved = _region(widget.prediction_layer)
+    assert moved != region and moved[0].start <= 800 < moved[0].stop
+    assert widget.session is not session and widget.session.slide is session.slide
+    assert widget.session.history_labels[-1] == "tuned on the slide"
+    now = widget.session.model.head_state()["weights"]
+    assert all(np.array_equal(tuned[k].cpu(), now[k].cpu()) for k in tuned)
+    # the old region's scribbles are refused here, with what to do
+    widget._pickers.scribbles.value = scribbles
+    assert widget.refine() is None
+    assert "another region" in widget._status.value
+
+
+def test_scribbles_need_a_prediction_first_on_a_large_image(slide, notifications):
+    _, widget, _, _ = slide
+    assert widget.new_scribbles() is None
+    assert any("Predict first" in text for text in notifications.errors())
