@@ -29,7 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from napari_scribble_refine.cli import main as cli
-from napari_scribble_refine.core import RefineConfig, RefineSession, load_model
+from napari_scribble_refine.core import RefineConfig, RefineSession, SlideSession, load_model
 from napari_scribble_refine.core.models.hovernet import HoVerNet, HoVerNetConfig
 from napari_scribble_refine.core.models.hovernet_checkpoint import save_hovernet_safetensors
 from napari_scribble_refine.core.scribbles import grow_scribbles
@@ -124,6 +124,35 @@ def cases(tmp: Path) -> list[Row]:
             f"exit {status}: {err}",
             "no output written",
             not list(tmp.glob("r_*")),
+        )
+    )
+
+    # 2b. a slide asked for too much at once
+    import dask.array as da
+
+    slide_image = (
+        da.zeros((20000, 20000), dtype=np.uint8, chunks=1024)
+        + (da.arange(20000, chunks=1024) % 251).astype(np.uint8)[None, :]
+    )
+    slide = SlideSession(fluo, slide_image)
+    seen = _raised(lambda: slide.predict())
+    rows.append(
+        (
+            "`SlideSession.predict()` without a region on a 20,000² dask image",
+            seen,
+            "no tile computed",
+            slide.features.computed == 0,
+        )
+    )
+    far = np.zeros((20000, 20000), np.uint8)
+    far[100, 100] = far[19000, 19000] = 2
+    seen = _raised(lambda: slide.run(far))
+    rows.append(
+        (
+            "`SlideSession.run` with scribbles 19,000 px apart and no region",
+            seen,
+            "scribbles unchanged; no tile computed",
+            int(far.sum()) == 4 and slide.features.computed == 0,
         )
     )
 

@@ -127,7 +127,7 @@ def test_an_image_larger_than_memory_is_refused_from_the_tiff_header(tmp_path, c
     err = capsys.readouterr().err
     assert err.count("\n") == 1  # one line, no traceback
     assert "image: " in err and "(300000, 300000) (uint8) that needs 83.8 GB" in err
-    assert "crop it to the region to correct first" in err
+    assert "`scribble-refine slide` reads it tile by tile" in err
 
 
 def test_a_damaged_tiff_is_a_one_line_message(tmp_path, capsys):

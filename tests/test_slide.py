@@ -266,3 +266,16 @@ def test_an_ome_zarr_image_gives_its_full_resolution_level(tmp_path, sample):
     image = LazyImage(tmp_path / "image.ome.zarr")
     assert image.spatial_shape == (256, 256)
     assert np.array_equal(image.read((slice(0, 256), slice(0, 256))), sample.image)
+
+
+def test_the_first_region_asked_for_starts_on_a_tile_corner(model):
+    big = synthetic_fluorescence((512, 512), seed=2).image
+    slide = SlideSession(model, big, tile_size=128)
+    slide.predict((slice(50, 306), slice(70, 326)))
+    assert slide.features.computed == 4  # 2 x 2 tiles, not 3 x 3
+    slide.predict((slice(0, 40), slice(0, 60)))  # the grid stays: one more tile
+    assert slide.features.computed == 5
+    again = SlideSession(model, big, tile_size=128)
+    again.predict((slice(50, 306), slice(70, 326)))
+    for key, value in slide.features.get((0, 1, 1)).items():
+        assert torch.equal(value, again.features.get((0, 1, 1))[key])

@@ -56,7 +56,8 @@ def read_image(path: str | os.PathLike, name: str) -> np.ndarray:
                 raise TooLargeError(
                     f"{name}: {file} holds an image of shape {shape} ({dtype}) that needs "
                     f"{needed / 2**30:.1f} GB in memory, but {room / 2**30:.1f} GB is "
-                    "available; crop it to the region to correct first"
+                    "available; `scribble-refine slide` reads it tile by tile, or crop it to "
+                    "the region to correct first"
                 )
             return series.asarray()
     except (TooLargeError, MemoryError) as err:

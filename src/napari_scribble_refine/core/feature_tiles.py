@@ -25,6 +25,13 @@ TileKey = tuple[int, int, int]
 """``(slice, tile row, tile column)``."""
 
 
+def _offset_ranges(length: int, tile: int, start: int) -> list[tuple[int, int]]:
+    """Tiles of an axis with a corner at ``start`` (one tile when the axis fits in one)."""
+    offset = start % tile if length > tile else 0
+    first = [(0, offset)] if offset else []
+    return first + [(a + offset, b + offset) for a, b in tile_ranges(length - offset, tile)]
+
+
 def _nbytes(features: Features) -> int:
     return sum(v.element_size() * v.numel() for v in features.values())
 
@@ -82,6 +89,25 @@ class TileFeatures:
         self.computed = 0
         self.dropped = 0
 
+    def anchor(self, region: Region) -> None:
+        """Lay the tile grid so that ``region`` starts on a tile corner, before any tile runs.
+
+        A 2048² region off a 1024² grid touches nine tiles, on it four; the first region a
+        user asks for (the first view of a slide) is the one worth aligning. Axes no longer
+        than a tile keep one tile. Nothing changes once a tile has been computed (the
+        cached tiles keep their grid), so recomputed tiles stay identical.
+
+        Parameters
+        ----------
+        region : Region
+            A box over the image's spatial axes.
+        """
+        if self.computed:
+            return
+        height, width = self.image.spatial_shape[-2:]
+        self._rows = _offset_ranges(height, self.tile, region[-2].start)
+        self._cols = _offset_ranges(width, self.tile, region[-1].start)
+
     def _slices(self, region: Region) -> range:
         if self.image.info.is_3d:
             return range(region[0].start, region[0].stop)
@@ -104,24 +130,6 @@ class TileFeatures:
         rows = [i for i, (a, b) in enumerate(self._rows) if a < ys.stop and b > ys.start]
         cols = [j for j, (a, b) in enumerate(self._cols) if a < xs.stop and b > xs.start]
         return [(z, i, j) for z in self._slices(region) for i in rows for j in cols]
-
-    def box(self, key: TileKey) -> Region:
-        """Return the region of one tile (without its halo).
-
-        Parameters
-        ----------
-        key : TileKey
-            ``(slice, row, column)``.
-
-        Returns
-        -------
-        Region
-            ``(ys, xs)``, or ``(zs, ys, xs)`` for a stack.
-        """
-        z, i, j = key
-        (y0, y1), (x0, x1) = self._rows[i], self._cols[j]
-        box: Region = (slice(y0, y1), slice(x0, x1))
-        return ((slice(z, z + 1),) + box) if self.image.info.is_3d else box
 
     def cached(self, key: TileKey) -> bool:
         """Whether a tile's features are in memory now."""

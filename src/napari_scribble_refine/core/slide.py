@@ -218,6 +218,7 @@ class SlideSession:
 
     def _open(self, model: SegmentationModel, region: Region, tuned: bool) -> RefineSession:
         """Open a session on a region: the pre-trained head first, then (tuned) the current one."""
+        self.features.anchor(region)  # the first region asked for starts on a tile corner
         current = model.head_state()
         model.load_head_state(self._pretrained)
         try:

@@ -78,6 +78,23 @@ def _open_target(
     return target
 
 
+def _chunks(shape: tuple[int, ...], tile: int) -> list[tuple[int, int, int]]:
+    """List the output's chunks ``(slice, row, column)``: the tile grid from 0, per slice."""
+    depth = shape[0] if len(shape) == 3 else 1
+    rows, cols = (range(-(-n // tile)) for n in shape[-2:])
+    return [(z, i, j) for z in range(depth) for i in rows for j in cols]
+
+
+def _chunk_box(key: tuple[int, int, int], shape: tuple[int, ...], tile: int) -> tuple[slice, ...]:
+    """Return the region of one output chunk."""
+    z, i, j = key
+    box = (
+        slice(i * tile, min(shape[-2], (i + 1) * tile)),
+        slice(j * tile, min(shape[-1], (j + 1) * tile)),
+    )
+    return ((slice(z, z + 1),) + box) if len(shape) == 3 else box
+
+
 def write_prediction(
     session: SlideSession,
     path: str | os.PathLike,
@@ -88,9 +105,12 @@ def write_prediction(
 ) -> Any:
     """Write a slide session's class map of the whole image to a zarr array, tile by tile.
 
-    Each tile is predicted with ``margin`` pixels of context (in Y and X) and written as it
-    is done; called again with the same head, settings and path, it skips the finished
-    tiles. The scribbles of the last refinement are applied where they are.
+    The output's chunks are the tiles of a grid from the image's corner. Each is predicted
+    with ``margin`` pixels of context (in Y and X) and written as it is done; called again
+    with the same head, settings and path, it skips the finished chunks. The scribbles of
+    the last refinement are applied where they are. (In a session that predicted regions
+    before, the feature tiles lie on the first region's grid, and pixels near tile borders
+    can differ slightly from a fresh session's result.)
 
     Parameters
     ----------
@@ -121,10 +141,11 @@ def write_prediction(
     )
     meta = dict(target.attrs["scribble_refine"])
     done = {tuple(k) for k in meta["done"]}
-    keys = session.features.keys(session.image.whole())
+    session.features.anchor(session.image.whole())  # a fresh session: the grid from 0
+    keys = _chunks(shape, session.features.tile)
     for n, key in enumerate(keys, start=1):
         if key not in done:
-            core = session.features.box(key)
+            core = _chunk_box(key, shape, session.features.tile)
             context = tuple(
                 s
                 if len(core) == 3 and axis == 0
