@@ -13,10 +13,8 @@ scribbled pixels (Sambaturu et al., MICCAI 2021, Algorithm 1)::
 from __future__ import annotations
 
 import copy
-import os
 import warnings
 from collections.abc import Callable, Generator
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -30,10 +28,10 @@ from .images import image_for_model, validate_image
 from .in_place import claim_in_place, release_in_place
 from .memory import check_session_memory, refusing_out_of_memory
 from .models.base import Features, SegmentationModel
-from .models.saving import check_path, check_target, tuning_notes
 from .objective import build_batches, pixel_weights, scribble_targets
 from .refine_loop import no_op_refinement, refinement_loop
 from .scribbles import grow_scribbles, validate_scribbles
+from .session_saving import SessionSaving
 from .steps import RefineResult, RefineStep
 from .tiling import compute_features
 
@@ -43,7 +41,7 @@ if TYPE_CHECKING:
 __all__ = ["RefineSession"]
 
 
-class RefineSession:
+class RefineSession(SessionSaving):
     """Interactive refinement of one model's predictions on one image.
 
     Parameters
@@ -431,97 +429,6 @@ class RefineSession:
         constraints = self._history.constraints_for(marks, cfg.pin_scribbles, cfg, self.n_classes)
         self._history.push(label, anchor=anchor, constraints=constraints)
         self._changed()
-
-    def save_model(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-        """Save the network with its head as tuned now, for ``load_model`` to read back.
-
-        The format follows the model (:attr:`SegmentationModel.save_format`): the plugin's
-        ``.safetensors`` for HoVer-Net models, TorchScript for TorchScript files, a
-        ``.safetensors`` state dict for other ``nn.Module`` networks. The file holds the
-        tuned network, which predicts as this session's head does; the session's result also
-        applies the scribbles, the trust region and the edge-aware smoothing on top.
-
-        Parameters
-        ----------
-        path : str or os.PathLike
-            Output file, with a suffix the format takes.
-        overwrite : bool
-            Replace an existing file.
-
-        Returns
-        -------
-        Path
-            The file written.
-
-        Raises
-        ------
-        ValueError
-            For a model that cannot be saved, a suffix the format does not take, a missing
-            folder or an existing file without ``overwrite``.
-        """
-        self._check_open()
-        model = self.model
-        target = check_target(model, path, overwrite)
-        model.save(target, {"adapted": self._adapted()})
-        return target
-
-    def _adapted(self) -> dict[str, object]:
-        """Return what a saved or exported model records about its tuning."""
-        steps = self.history_labels[1 : self.history_position + 1]
-        return tuning_notes(self.model.name, self.spatial_shape, steps)
-
-    def export_bioimageio(
-        self,
-        path: str | os.PathLike,
-        *,
-        overwrite: bool = False,
-        license: str | None = None,  # noqa: A002 - the rdf's field name
-        authors: list[str] | None = None,
-    ) -> Path:
-        """Write the network with its head as tuned now as a bioimage.io package (``.zip``).
-
-        Built-in (same-padded HoVer-Net) models only, for now. The package runs in other
-        bioimage.io tools and ``load_model(path, allow_code=True)`` reads it back; see
-        :mod:`~napari_scribble_refine.core.models.bioimageio_export` for what it holds.
-
-        Parameters
-        ----------
-        path : str or os.PathLike
-            Output ``.zip``.
-        overwrite : bool
-            Replace an existing file.
-        license : str, optional
-            SPDX identifier (default BSD-3-Clause; required when the weights carry a
-            condition without one, such as ``hovernet-he``'s research-use condition).
-        authors : list of str, optional
-            Author names for the package.
-
-        Returns
-        -------
-        Path
-            The package written.
-
-        Raises
-        ------
-        ValueError
-            For a model that cannot be exported, a bad path, or a missing licence.
-        ImportError
-            Without ``bioimageio.spec`` (the extra ``bioimageio``).
-        """
-        from .models.bioimageio_export import export_hovernet_package
-        from .models.hovernet_adapter import HoVerNetModel
-
-        self._check_open()
-        if not isinstance(self.model, HoVerNetModel):
-            raise ValueError(
-                f"{self.model.name}: export_bioimageio writes HoVer-Net models only yet; "
-                "save_model writes this one in its own format"
-            )
-        target = check_path(path, (".zip",), "a bioimage.io package", overwrite)
-        image = self.image if not self.image_info.is_3d else self.image[0]
-        return export_hovernet_package(
-            self.model, image, target, self._adapted(), licence=license, authors=authors
-        )
 
     # ------------------------------------------------------------------ refinement
     def prepare_scribbles(

@@ -15,9 +15,8 @@ tiles' features, so its result is the in-memory session's on that crop::
     result = session.run(scribbles, region=view)
     session.write_prediction("result.zarr")     # the whole image, tile by tile, resumable
 
-Undo and redo act within the working region (a new working region starts from the head as
-tuned so far, with the pre-trained head still its reference); reset restores the
-pre-trained head.
+Undo and redo act within the working region (a new one starts from the head as tuned so
+far, the pre-trained head still its reference); reset restores the pre-trained head.
 """
 
 from __future__ import annotations
