@@ -24,7 +24,10 @@ __all__ = ["instance_features", "instance_rows", "write_instances"]
 
 
 def instance_rows(
-    labels: np.ndarray, classes: Mapping[int, int], class_names: Sequence[str]
+    labels: np.ndarray,
+    classes: Mapping[int, int],
+    class_names: Sequence[str],
+    origin: Sequence[int] | None = None,
 ) -> list[dict[str, object]]:
     """One record per instance: id, class, area and centroid.
 
@@ -36,6 +39,9 @@ def instance_rows(
         Instance id -> class index (a missing id counts as class 1).
     class_names : sequence of str
         Class names, index 0 = background.
+    origin : sequence of int, optional
+        Where the labels' first pixel lies in the image (a region of a large image): the
+        centroids are then in the image's pixels.
 
     Returns
     -------
@@ -49,13 +55,15 @@ def instance_rows(
         return []
     areas = np.bincount(labels.ravel())[ids]
     centres = ndi.center_of_mass(np.ones(labels.shape), labels, ids)
+    shift = np.zeros(labels.ndim) if origin is None else np.asarray(origin, float)
     axes = ("z", "y", "x")[-labels.ndim :]
     rows = []
     for i, area, centre in zip(ids.tolist(), areas, centres, strict=True):
         c = int(classes.get(i, 1))
         row: dict[str, object] = {"id": i, "class": c, "class_name": _name(class_names, c)}
         row["area_px"] = int(area)
-        row.update({f"centroid_{a}": round(float(v), 2) for a, v in zip(axes, centre, strict=True)})
+        at = np.asarray(centre) + shift
+        row.update({f"centroid_{a}": round(float(v), 2) for a, v in zip(axes, at, strict=True)})
         rows.append(row)
     return rows
 
@@ -82,6 +90,7 @@ def instance_features(
     classes: Mapping[int, int],
     class_names: Sequence[str],
     colours: Mapping[int, Sequence[float]] | None = None,
+    origin: Sequence[int] | None = None,
 ) -> dict[str, object]:
     """Instances as a GeoJSON FeatureCollection of polygons (see the module docstring).
 
@@ -95,6 +104,9 @@ def instance_features(
         Class names, index 0 = background.
     colours : mapping of int to sequence of float, optional
         Class index -> RGB(A) in [0, 1] for the classification colour.
+    origin : sequence of int, optional
+        Where the labels' first pixel lies in the image (a region of a large image): the
+        polygons (and slices) are then in the image's pixels.
 
     Returns
     -------
@@ -102,6 +114,8 @@ def instance_features(
         The FeatureCollection (``json.dumps`` writes it).
     """
     planes = labels if labels.ndim == 3 else labels[None]
+    shift = [0] * (3 - labels.ndim) + list(origin if origin is not None else [0] * labels.ndim)
+    oz, oy, ox = (int(v) for v in shift)
     features = []
     for z, plane in enumerate(planes):
         for i, window in enumerate(ndi.find_objects(plane), start=1):
@@ -111,7 +125,7 @@ def instance_features(
             ring = _ring(plane[window] == i)
             if ring is None:
                 continue
-            ring = [[x + sx.start, y + sy.start] for x, y in ring]
+            ring = [[x + sx.start + ox, y + sy.start + oy] for x, y in ring]
             c = int(classes.get(i, 1))
             classification: dict[str, object] = {"name": _name(class_names, c)}
             if colours is not None and c in colours:
@@ -122,7 +136,7 @@ def instance_features(
                 "classification": classification,
             }
             if labels.ndim == 3:
-                properties["z"] = z
+                properties["z"] = z + oz
             features.append(
                 {
                     "type": "Feature",
@@ -139,6 +153,7 @@ def write_instances(
     classes: Mapping[int, int],
     class_names: Sequence[str],
     colours: Mapping[int, Sequence[float]] | None = None,
+    origin: Sequence[int] | None = None,
 ) -> list[Path]:
     """Write the TIFF labels, the CSV of types and the GeoJSON polygons of some instances.
 
@@ -149,6 +164,10 @@ def write_instances(
         ``<prefix>.geojson``; existing files are replaced.
     labels, classes, class_names, colours
         As for :func:`instance_features`.
+    origin : sequence of int, optional
+        Where the labels' first pixel lies in the image (a region of a large image): the
+        CSV's centroids and the GeoJSON's polygons are then in the image's pixels (the
+        TIFF holds the region).
 
     Returns
     -------
@@ -171,12 +190,13 @@ def write_instances(
     table = prefix.with_name(prefix.name + "_types.csv")
     shapes = prefix.with_name(prefix.name + ".geojson")
     tifffile.imwrite(tiff, labels.astype(np.uint32), compression="zlib")
-    rows = instance_rows(labels, classes, class_names)
+    rows = instance_rows(labels, classes, class_names, origin)
     axes = ("z", "y", "x")[-labels.ndim :]
     fields = ["id", "class", "class_name", "area_px", *(f"centroid_{a}" for a in axes)]
     with table.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-    shapes.write_text(json.dumps(instance_features(labels, classes, class_names, colours)))
+    collection = instance_features(labels, classes, class_names, colours, origin)
+    shapes.write_text(json.dumps(collection))
     return [tiff, table, shapes]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import dask.array as da
 import numpy as np
 import pytest
@@ -40,7 +42,7 @@ def _region(layer) -> tuple[slice, slice]:
     return slice(y, y + h), slice(x, x + w)
 
 
-def test_predict_refine_and_move_on_a_large_image(slide, qtbot):
+def test_predict_refine_and_move_on_a_large_image(slide, qtbot, tmp_path):
     viewer, widget, scene, source = slide
     _look_at(viewer, qtbot, (8000, 8000), 600)
     before = source.read_pixels
@@ -71,6 +73,20 @@ def test_predict_refine_and_move_on_a_large_image(slide, qtbot):
     np.testing.assert_array_equal(prediction.data, pretrained)
     click(qtbot, widget._buttons.redo, widget)
     tuned = session.model.head_state()["weights"]
+    # Commit and Export place the region's nuclei where they lie in the slide
+    click(qtbot, widget._buttons.commit)
+    committed = viewer.layers["slide corrected"]
+    np.testing.assert_allclose(committed.translate, prediction.translate)
+    np.testing.assert_array_equal(committed.data, widget.instances_layer.data)
+    files = widget.export(tmp_path / "slide")
+    shapes = json.loads(files[2].read_text())["features"]
+    xs = [x for f in shapes for x, _ in f["geometry"]["coordinates"][0]]
+    ys = [y for f in shapes for _, y in f["geometry"]["coordinates"][0]]
+    assert region[1].start - 1 <= min(xs) and max(xs) <= region[1].stop
+    assert region[0].start - 1 <= min(ys) and max(ys) <= region[0].stop
+    rows = files[1].read_text().splitlines()[1:]
+    centroid_y = [float(r.split(",")[-2]) for r in rows]
+    assert all(region[0].start <= c < region[0].stop for c in centroid_y)
 
     _look_at(viewer, qtbot, (800, 5200), 400)  # another part of the slide
     click(qtbot, widget._buttons.predict, widget)
@@ -90,3 +106,18 @@ def test_scribbles_need_a_prediction_first_on_a_large_image(slide, notifications
     _, widget, _, _ = slide
     assert widget.new_scribbles() is None
     assert any("Predict first" in text for text in notifications.errors())
+
+
+def test_apply_to_others_leaves_a_large_image_alone(docked, qtbot, fluo_sample):
+    from _qt_helpers import truth_scribbles
+
+    big = da.from_array(CountingArray(fluo_sample.image, (SIDE, SIDE)), chunks=1024, asarray=False)
+    docked.viewer.add_image(
+        [big, big[::8, ::8]], name="slide", multiscale=True, contrast_limits=(0, 255)
+    )
+    docked._pickers.image.value = docked.viewer.layers["nuclei"]
+    click(qtbot, docked._buttons.predict, docked)
+    docked.new_scribbles().data = truth_scribbles(fluo_sample.types)
+    click(qtbot, docked._buttons.refine, docked)
+    assert docked.apply_to_others(wait=True) is None  # nothing else it can take whole
+    assert "slide too large to predict whole" in docked._status.value

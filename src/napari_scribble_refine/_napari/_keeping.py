@@ -17,7 +17,7 @@ from napari.utils.notifications import show_error, show_info
 
 from ..core.images import validate_image
 from ..instance_files import write_instances
-from . import _layers, _tasks
+from . import _large_images, _layers, _tasks
 
 if TYPE_CHECKING:
     import napari
@@ -40,6 +40,7 @@ def commit_nuclei(
     labels: np.ndarray,
     types: dict[int, int],
     class_names: list[str],
+    origin: tuple[int, ...] | None = None,
 ) -> Labels:
     """Add a Labels layer of the user's own holding the nuclei and their types.
 
@@ -55,6 +56,8 @@ def commit_nuclei(
         Class of each instance.
     class_names : list of str
         The model's classes.
+    origin : tuple of int, optional
+        Where the labels' first pixel lies in the image (a large image's region).
 
     Returns
     -------
@@ -69,13 +72,16 @@ def commit_nuclei(
         name=f"{image.name} corrected",
         features={"index": [0, *ids], "type": ["background", *names]},
         metadata={"scribble_refine": "committed"},
-        scale=image.scale[-labels.ndim :],
-        translate=image.translate[-labels.ndim :],
+        **_layers.placement(image, origin),
     )
 
 
 def export_nuclei(
-    prefix: str | Path, labels: np.ndarray, types: dict[int, int], class_names: list[str]
+    prefix: str | Path,
+    labels: np.ndarray,
+    types: dict[int, int],
+    class_names: list[str],
+    origin: tuple[int, ...] | None = None,
 ) -> list[Path]:
     """Write ``<prefix>_instances.tif``, ``<prefix>_types.csv`` and ``<prefix>.geojson``.
 
@@ -89,6 +95,9 @@ def export_nuclei(
         Class of each instance.
     class_names : list of str
         The model's classes.
+    origin : tuple of int, optional
+        Where the labels' first pixel lies in the image (a large image's region): the CSV's
+        centroids and the GeoJSON's polygons are in the image's pixels.
 
     Returns
     -------
@@ -104,7 +113,7 @@ def export_nuclei(
     if prefix.suffix.lower() in EXPORT_SUFFIXES:
         prefix = prefix.with_suffix("")
     colours = {c: _layers.class_colour(c) for c in range(1, len(class_names))}
-    return write_instances(prefix, labels, types, class_names, colours)
+    return write_instances(prefix, labels, types, class_names, colours, origin)
 
 
 def ask_save_path(
@@ -155,12 +164,15 @@ class ApplyPlan:
         Names of images of another kind (the model cannot take them).
     kept : list of str
         Names of images with refinements of their own.
+    large : list of str
+        Names of images too large to predict whole (worked on region by region).
     """
 
     targets: list[Image] = field(default_factory=list)
     inputs: list[tuple[np.ndarray, bool]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
+    large: list[str] = field(default_factory=list)
 
     @property
     def note(self) -> str:
@@ -170,6 +182,11 @@ class ApplyPlan:
         if self.kept:
             its = "its" if len(self.kept) == 1 else "their"
             note += f"; {', '.join(self.kept)} kept {its} own refinements"
+        if self.large:
+            note += (
+                f"; {', '.join(self.large)} too large to predict whole: Save model…, then "
+                "choose that image, the saved model (Model > From file…) and Predict there"
+            )
         return note
 
 
@@ -199,6 +216,9 @@ def plan_apply(
         own = session_of(layer)
         if own is not None and own.history_position > 0:
             plan.kept.append(layer.name)  # never replace work done on that image
+            continue
+        if _large_images.is_large(layer):  # never copied whole: Predict there instead
+            plan.large.append(layer.name)
             continue
         image, rgb = _layers.image_array(layer)
         try:
@@ -254,14 +274,20 @@ class Keeping:
         self._start, self._busy = start, busy
         self._config, self._parent, self._on_status = config, parent, on_status
 
-    def _shown_nuclei(self) -> tuple[Image, np.ndarray, dict[int, int]] | None:
-        """Return the chosen image, its shown instances and their classes (None before Predict)."""
+    def _shown_nuclei(self) -> tuple[Image, np.ndarray, dict[int, int], Any] | None:
+        """Return the chosen image, its shown instances, their classes and where they lie.
+
+        The last is the origin of a large image's region (None for a whole image); None
+        altogether before Predict.
+        """
         image = self._pickers.image.value
         layer, types = self._images.output(image, "instances"), self._images.types(image)
         if image is None or layer is None or types is None:
             show_info("Predict first: Commit and Export take the nuclei shown for the image")
             return None
-        return image, np.array(layer.data, copy=True), types
+        session = self._refinement.session_of(image)
+        origin = session.origin if session is not None and session.slide is not None else None
+        return image, np.array(layer.data, copy=True), types, origin
 
     def commit(self) -> Labels | None:
         """Copy the shown nuclei and their types into a new Labels layer the user owns.
@@ -274,7 +300,8 @@ class Keeping:
         shown = self._shown_nuclei()
         if shown is None or self._busy():
             return None
-        layer = commit_nuclei(self._viewer, *shown, self._brush.class_names)
+        image, labels, types, origin = shown
+        layer = commit_nuclei(self._viewer, image, labels, types, self._brush.class_names, origin)
         self._on_status(
             f"Committed {len(shown[2])} nuclei to '{layer.name}': yours to edit; File > Save "
             "Selected Layers saves it, Export… adds types and polygons"
@@ -306,9 +333,9 @@ class Keeping:
         shown = self._shown_nuclei()
         if shown is None:
             return None
-        _, labels, types = shown
+        _, labels, types, origin = shown
         try:
-            files = export_nuclei(prefix, labels, types, self._brush.class_names)
+            files = export_nuclei(prefix, labels, types, self._brush.class_names, origin)
         except (ValueError, OSError) as error:
             self._on_status(f"Not exported: {error}")
             show_error(str(error))
