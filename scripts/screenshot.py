@@ -2,12 +2,14 @@
 
 Runs the scripted workflow of the README (open the sample, dock the widget, Predict, paint
 corrections where the prediction's nucleus types are wrong, Refine) in a shown viewer and
-saves the whole window. Needs a display (``xvfb-run -a python scripts/screenshot.py`` on a
-headless machine).
+saves the whole window. With ``--sequence DIR`` it also saves each step of the correction
+(``1-predict.png``, ``2-scribbles.png``, ``3-refined.png``, ``4-committed.png``). Needs a
+display (``xvfb-run -a python scripts/screenshot.py`` on a headless machine).
 
 Usage::
 
     python scripts/screenshot.py [--model hovernet-he] [--out docs/screenshot.png]
+        [--sequence docs/correction]
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import napari
 import numpy as np
+from PIL import Image as PILImage
 from scipy import ndimage as ndi
 from skimage.draw import disk
 
@@ -74,7 +77,17 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=40)
     parser.add_argument("--learning-rate", type=float, default=None)
     parser.add_argument("--no-growing", action="store_true", help="turn region growing off")
+    parser.add_argument("--sequence", default=None, help="folder for one screenshot per step")
     args = parser.parse_args()
+    steps = Path(args.sequence) if args.sequence else None
+    if steps is not None:
+        steps.mkdir(parents=True, exist_ok=True)
+
+    def snap(name: str) -> None:
+        if steps is not None:  # 128 colours: a quarter of the bytes, the same picture
+            viewer.screenshot(str(steps / name), canvas_only=False)
+            picture = PILImage.open(steps / name).convert("RGB")
+            picture.quantize(colors=128).save(steps / name, optimize=True)
 
     viewer = napari.Viewer(show=True)
     viewer.window.resize(1500, 950)
@@ -90,6 +103,9 @@ def main() -> None:
     if args.no_growing:
         widget.configure(region_growing=False)
     widget.predict(wait=True)
+    viewer.reset_view()
+    viewer.camera.zoom *= 1.6
+    snap("1-predict.png")
 
     truth_instances = viewer.layers["ground truth (nuclei)"].data
     if "ground truth (types)" in viewer.layers:
@@ -98,7 +114,9 @@ def main() -> None:
         truth_types = (truth_instances > 0).astype(np.uint8)
     scribbles = widget.new_scribbles()
     scribbles.data = corrections(widget.prediction_layer.data, truth_instances, truth_types)
+    snap("2-scribbles.png")
     widget.refine(wait=True)
+    snap("3-refined.png")
 
     widget.prediction_layer.opacity = 0.6
     viewer.layers.selection.active = scribbles
@@ -109,6 +127,12 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     viewer.screenshot(str(out), canvas_only=False)
     print(f"{out}: {widget.last_outcome.message}")
+    if steps is not None:
+        widget.commit()
+        for layer in (widget.prediction_layer, widget.instances_layer, scribbles):
+            layer.visible = False
+        snap("4-committed.png")
+        print(f"{steps}: {', '.join(sorted(p.name for p in steps.glob('*.png')))}")
     viewer.close()
 
 
