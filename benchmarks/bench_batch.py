@@ -5,8 +5,9 @@ Prints one JSON object with:
 * ``images_per_s_1_worker``, ``images_per_s_2_workers``: images per second of
   :func:`napari_scribble_refine.batch.apply_model` on a ``LocalCluster`` of that many
   single-threaded worker processes, measured after the cluster has started and every
-  worker has loaded the model and run it once (so only the batch itself is timed: reading,
-  prediction, nuclei and the written files);
+  worker has loaded the model and run it once (so the timing holds the batch: reading,
+  prediction, nuclei and the written files, plus ``apply_model``'s own checks in the main
+  process, which load the model once and hash its weights file);
 * ``batch_speedup_2_vs_1_workers``: their ratio (the goal on a 2-core machine is 1.7 or
   more);
 * the set-up: images, their size, the model, the cores and the load average before each

@@ -173,7 +173,7 @@ def test_the_whole_result_is_written_tile_by_tile_and_resumes(model, sample, tmp
 
     marks = _scribbles(sample, slide.predict())
     slide.run(marks)
-    with pytest.raises(ValueError, match="another head"):
+    with pytest.raises(ValueError, match="differs in: the model's head"):
         slide.write_prediction(tmp_path / "full.zarr")
     slide.write_prediction(tmp_path / "full.zarr", overwrite=True)
 
@@ -193,7 +193,7 @@ def test_the_working_region_is_the_scribbles_box_and_the_view(model, sample):
     with pytest.warns(UserWarning, match="1 scribbled pixel"):
         slide.run(marks, region=(slice(96, 112), slice(118, 128)))
     assert slide.working_region == (slice(96, 112), slice(118, 128))
-    with pytest.raises(ValueError, match="pass region="):
+    with pytest.raises(ValueError, match="give the region you look at"):
         slide.run(marks)
 
 
@@ -209,7 +209,8 @@ def test_a_new_working_region_starts_from_the_head_tuned_so_far(model, sample):
     far = np.zeros_like(marks)
     far[other][10:12, 10:20] = 1
     slide.run(far)
-    assert slide.working_region != box
+    assert slide.working_region[0].start >= other[0].start - 16  # around the far strokes
+    assert slide.working_session.history_labels[:2] == ["pre-trained", "tuned on the slide"]
     assert slide.undo()  # back to the head tuned in the first region
     now = slide.model.head_state()["weights"]
     assert all(torch.equal(tuned[k], now[k]) for k in tuned)
@@ -279,3 +280,48 @@ def test_the_first_region_asked_for_starts_on_a_tile_corner(model):
     again.predict((slice(50, 306), slice(70, 326)))
     for key, value in slide.features.get((0, 1, 1)).items():
         assert torch.equal(value, again.features.get((0, 1, 1))[key])
+
+
+def test_a_blank_region_is_background_and_leaves_the_session_usable(model, sample, tmp_path):
+    image = np.zeros((512, 512), np.uint8)
+    image[:256, :256] = sample.image  # tissue in one corner, scanner background elsewhere
+    slide = SlideSession(model, image, tile_size=128, context=16)
+    tissue = (slice(0, 256), slice(0, 256))
+    marks = np.zeros((512, 512), np.uint8)
+    marks[tissue] = _scribbles(sample, slide.predict(tissue))
+    slide.run(marks)
+    tuned = slide.predict(slide.working_region)
+    blank = (slice(300, 500), slice(300, 500))
+    assert not slide.predict(blank).any() and slide.instances(blank)[1] == {}
+    far = np.zeros_like(marks)
+    far[400:404, 400:420] = 1
+    with pytest.raises(ValueError, match=r"region \[.*\] is blank .*nothing to segment"):
+        slide.run(far)
+    assert slide.working_session is not None and not slide.working_session.closed
+    np.testing.assert_array_equal(slide.predict(slide.working_region), tuned)
+    assert slide.reset()  # from the head tuned before the refusal
+    np.testing.assert_array_equal(
+        slide.predict(tissue), SlideSession(model, image, tile_size=128).predict(tissue)
+    )
+    written = slide.write_prediction(tmp_path / "out.zarr")  # blank chunks are background
+    assert not np.asarray(written[256:, 256:]).any() and np.asarray(written[:256, :256]).any()
+
+
+def test_the_scaling_sample_spreads_over_slices_rows_and_columns():
+    stack = np.broadcast_to(np.arange(8, dtype=np.uint8)[:, None, None], (8, 1024, 1024))
+    patches = LazyImage(stack, rgb=False).sample(8 * 256 * 256).reshape(-1, 256, 256)
+    assert len(np.unique(patches[:, 0, 0])) >= 5  # most slices, not the first few
+    grid = (np.arange(1024)[:, None] // 256 * 4 + np.arange(1024)[None, :] // 256).astype(np.uint8)
+    patches = LazyImage(grid).sample(6 * 256 * 256).reshape(-1, 256, 256)
+    assert len(np.unique(patches[:, 0, 0])) == 6  # six places, not one corner
+
+
+def test_a_sample_of_one_value_scales_each_tile_on_its_own(model, monkeypatch):
+    monkeypatch.setattr(tn, "EXACT_MAX_PIXELS", 16)
+    monkeypatch.setattr(tn, "SAMPLE_PIXELS", 4 * 256 * 256)
+    image = np.zeros((1024, 1024), np.uint8)
+    image[100:200, 300:400] = 200  # tissue between the sample's patches
+    with pytest.warns(UserWarning, match="its sample of the image is one value"):
+        scale = tn.tile_normaliser(model, LazyImage(image))
+    tile = image[64:256, 256:448]
+    np.testing.assert_allclose(scale(tile, ()), model.normalise_image(tile))

@@ -241,3 +241,24 @@ def test_the_brush_suits_the_nuclei_found(docked):
     layer = docked.new_scribbles()
     expected = _layers.brush_size_for(docked.instances_layer.data)
     assert layer.brush_size == expected and f"Brush {expected} px" in docked._status.value
+
+
+def test_a_long_message_wraps_instead_of_widening_the_dock(make_napari_viewer, fluo_model, qtbot):
+    """The RGB-with-greyscale-model message once made the dock 1,918 px wide (no canvas)."""
+    from napari_scribble_refine.scripting import open_widget
+
+    viewer = make_napari_viewer(show=True)
+    colour = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    viewer.add_image(colour, name="colour", rgb=True)
+    widget = open_widget(viewer, image="colour", model=fluo_model, device="cpu")
+    dock = widget.native.parentWidget()
+    canvas = viewer.window._qt_viewer.canvas.native
+    qtbot.wait(100)
+    before, dock_before = canvas.width(), dock.minimumSizeHint().width()
+    widget.predict(wait=True)  # refused: a colour image for a greyscale model
+    qtbot.wait(100)
+    message = widget._status.value
+    assert "greyscale" in message and len(message) > 150
+    assert widget.native.minimumSizeHint().width() <= 420
+    assert dock.minimumSizeHint().width() <= dock_before
+    assert canvas.width() >= before - 10

@@ -16,10 +16,14 @@ from napari_scribble_refine.scripting import open_widget
 SIDE = 16384
 
 
+BLANK_FROM = SIDE - 3000
+"""Columns from here on are scanner background (every pixel 0)."""
+
+
 @pytest.fixture
 def slide(make_napari_viewer, fluo_model):
     scene = synthetic_fluorescence((256, 256), seed=5)
-    source = CountingArray(scene.image, (SIDE, SIDE))
+    source = CountingArray(scene.image, (SIDE, SIDE), blank_from_column=BLANK_FROM)
     level0 = da.from_array(source, chunks=512, asarray=False)
     level1 = np.tile(scene.image[::4, ::4], (SIDE // 256, SIDE // 256))
     viewer = make_napari_viewer(show=True)
@@ -100,6 +104,25 @@ def test_predict_refine_and_move_on_a_large_image(slide, qtbot, tmp_path):
     widget._pickers.scribbles.value = scribbles
     assert widget.refine() is None
     assert "another region" in widget._status.value
+
+    # Predict on blank background fails and leaves the last region's work usable
+    here = widget.session
+    _look_at(viewer, qtbot, (8000, SIDE - 1000), 600)
+    click(qtbot, widget._buttons.predict, widget)
+    assert "blank" in widget._status.value and "nothing to segment" in widget._status.value
+    click(qtbot, widget._buttons.reset, widget)
+    assert widget.session.origin == here.origin and not widget.session.closed
+    assert widget._status.value == "Model reset to its pre-trained weights"
+
+
+def test_points_outside_the_region_are_refused_with_what_to_do(slide, qtbot):
+    viewer, widget, _, _ = slide
+    _look_at(viewer, qtbot, (8000, 8000), 600)
+    click(qtbot, widget._buttons.predict, widget)
+    points = widget.new_points()
+    points.add([[100.0, 100.0]])  # far outside the predicted region
+    assert widget.refine() is None
+    assert "outside the region Predict worked on" in widget._status.value
 
 
 def test_scribbles_need_a_prediction_first_on_a_large_image(slide, notifications):

@@ -55,8 +55,17 @@ class ImageSessions:
         RefineSession or None
             The session, when the image has one with that model.
         """
-        entry = self._sessions.get((layer_key(image), model))
-        return entry[1] if entry is not None else None
+        key = (layer_key(image), model)
+        entry = self._sessions.get(key)
+        if entry is None:
+            return None
+        session = entry[1]
+        if session.closed and session.slide is not None and session.slide.working_session:
+            # a large image's region session the slide replaced (a Predict elsewhere failed
+            # and the slide reopened its working region): the live one
+            session = session.slide.working_session
+            self._sessions[key] = (entry[0], session)
+        return session
 
     def slide(self, image: Image | None, model: str) -> SlideSession | None:
         """Return the slide session of a large image's regions with a model, or None.

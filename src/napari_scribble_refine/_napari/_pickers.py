@@ -166,12 +166,14 @@ class LayerPickers:
         points, point_classes = np.zeros((0, len(shape))), np.zeros(0, dtype=int)
         if self.points.value is not None:
             points, point_classes = _layers.point_prompts(self.points.value, image)
-            points = points - origin
+            points = _in_region(points - origin, shape, self.points.value.name, region)
         boxes: list[np.ndarray] = []
         box_classes = np.zeros(0, dtype=int)
         if self.boxes.value is not None:
             boxes, box_classes = _layers.box_prompts(self.boxes.value, image)
-            boxes = [box - origin for box in boxes]
+            boxes = [
+                _in_region(box - origin, shape, self.boxes.value.name, region) for box in boxes
+            ]
         return Feedback(
             scribbles=scribbles,
             points=points,
@@ -214,3 +216,18 @@ def _region_marks(layer: Labels, image: Image, region: tuple[slice, ...] | None)
             "New scribbles there, or pan back and Predict where the scribbles are"
         )
     return np.array(data, dtype=np.int32)
+
+
+def _in_region(
+    coords: np.ndarray, shape: tuple[int, ...], name: str, region: tuple[slice, ...] | None
+) -> np.ndarray:
+    """Refuse points (or box corners) outside a large image's region, saying what to do."""
+    if region is None or len(coords) == 0:
+        return coords
+    inside = np.all((coords >= -0.5) & (coords < np.asarray(shape) - 0.5), axis=1)
+    if not inside.all():
+        raise ValueError(
+            f"Layer '{name}': {int((~inside).sum())} of its points lie outside the region "
+            f"Predict worked on ({region_text(region)}); pan there and Predict, or remove them"
+        )
+    return coords

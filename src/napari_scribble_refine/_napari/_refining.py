@@ -95,6 +95,7 @@ class Refinement:
         self._progress, self._on_status = progress, on_status
         self.last_outcome: _tasks.Outcome | None = None
         self._task_image: Image | None = None  # the image the running task works on
+        self._task_origin: tuple[int, ...] | None = None  # where its session's region lies
         self.live: ThrottledCallable = qthrottled(
             self._show_live_prediction, timeout=LIVE_UPDATE_MS, leading=True
         )
@@ -244,7 +245,8 @@ class Refinement:
         self._progress.max = config.max_iterations
         self._progress.value = 0
         work = _tasks.refine(session, make_session, feedback, config, self._runner.cancelled)
-        self._task_image = image  # live previews go to this image's layer
+        self._task_image = image  # live previews go to this image's layer, at its region
+        self._task_origin = None if session is None else session.origin
         return self._start(
             "refining",
             work,
@@ -339,7 +341,8 @@ class Refinement:
             return
         image = self._task_image
         if image is not None and image in self._viewer.layers:
-            self._images.show_prediction(image, prediction, self._brush.class_names)
+            names = self._brush.class_names
+            self._images.show_prediction(image, prediction, names, self._task_origin)
             self.live_updates += 1
 
     def show_outcome(self, image: Image, outcome: _tasks.Outcome) -> None:

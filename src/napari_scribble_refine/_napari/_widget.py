@@ -136,6 +136,7 @@ class ScribbleRefineWidget(Container):
         self._legend.native.setWordWrap(True)
         self._status = Label(value="Choose an image, then Predict.")
         self._status.tooltip = "What the widget is doing."
+        self._status.native.setWordWrap(True)  # a long message wraps, the dock keeps its width
         pickers = self._pickers
         self.extend(
             [

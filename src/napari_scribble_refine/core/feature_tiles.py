@@ -162,8 +162,13 @@ class TileFeatures:
 
     def _compute(self, key: TileKey) -> Features:
         z, i, j = key
+        self.computed += 1
+        return self._run(z, self._rows[i], self._cols[j])
+
+    def _run(self, z: int, rows: tuple[int, int], cols: tuple[int, int]) -> Features:
+        """Run the trunk on a box of one slice with its halo; the box's features [1, F, h, w]."""
         height, width = self.image.spatial_shape[-2:]
-        (y0, y1), (x0, x1) = self._rows[i], self._cols[j]
+        (y0, y1), (x0, x1) = rows, cols
         ya, yb = max(0, y0 - self.halo), min(height, y1 + self.halo)
         xa, xb = max(0, x0 - self.halo), min(width, x1 + self.halo)
         box: Region = (slice(ya, yb), slice(xa, xb))
@@ -177,7 +182,6 @@ class TileFeatures:
                 scaled = self.normaliser(pixels, box)
                 scaled = scaled[0] if self.image.info.is_3d else scaled
                 raw = self.model.features(scaled, normalised=True)  # type: ignore[call-arg]
-        self.computed += 1
         return {
             k: v[..., y0 - ya : y1 - ya, x0 - xa : x1 - xa].clone(
                 memory_format=torch.channels_last
@@ -186,6 +190,31 @@ class TileFeatures:
             )
             for k, v in raw.items()
         }
+
+    def compute_box(self, region: Region) -> Features:
+        """Features [N, F, h, w] of a region from one trunk run per slice, not cached.
+
+        A whole-image writer predicts each chunk with context around it; running the trunk
+        on the chunk and its context at once costs far less than the several cached tiles
+        the context would touch (the cache would drop them before the next row of chunks).
+
+        Parameters
+        ----------
+        region : Region
+            A box over the image's spatial axes.
+
+        Returns
+        -------
+        Features
+            On the model's device.
+        """
+        ys, xs = region[-2:]
+        parts = [
+            self._run(z, (ys.start, ys.stop), (xs.start, xs.stop)) for z in self._slices(region)
+        ]
+        if len(parts) == 1:
+            return parts[0]
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
     def region(
         self, region: Region, progress: Callable[[int, int], None] | None = None

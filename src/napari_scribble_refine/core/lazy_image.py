@@ -222,17 +222,17 @@ class LazyImage:
         ph, pw = min(SAMPLE_PATCH, height), min(SAMPLE_PATCH, width)
         n_patches = max(1, max_pixels // (ph * pw))
         depth = shape[0] if self.info.is_3d else 1
-        per_slice = max(1, math.ceil(n_patches / depth))
-        side = max(1, math.ceil(math.sqrt(per_slice)))
+        side = max(1, math.ceil(math.sqrt(n_patches)))
         ys = self._on_chunks(np.linspace(0, height - ph, side).astype(int), -2, ph)
         xs = self._on_chunks(np.linspace(0, width - pw, side).astype(int), -1, pw)
-        zs = np.linspace(0, depth - 1, min(depth, n_patches)).astype(int)
+        spots = [(z, y, x) for z in range(depth) for y in ys for x in xs]
+        if len(spots) > n_patches:  # an even spread over slices, rows and columns
+            pick = np.random.default_rng(0).choice(len(spots), n_patches, replace=False)
+            spots = [spots[i] for i in sorted(pick)]
         patches = []
-        for z in np.unique(zs):
-            for y in ys:
-                for x in xs:
-                    box = (slice(y, y + ph), slice(x, x + pw))
-                    region = ((slice(int(z), int(z) + 1),) + box) if self.info.is_3d else box
-                    patch = self.read(region)
-                    patches.append(patch[0] if self.info.is_3d else patch)
-        return np.concatenate(patches[: max(n_patches, 1)], axis=0)
+        for z, y, x in spots:
+            box = (slice(int(y), int(y) + ph), slice(int(x), int(x) + pw))
+            region = ((slice(int(z), int(z) + 1),) + box) if self.info.is_3d else box
+            patch = self.read(region)
+            patches.append(patch[0] if self.info.is_3d else patch)
+        return np.concatenate(patches, axis=0)

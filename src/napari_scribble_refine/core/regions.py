@@ -9,7 +9,21 @@ import numpy as np
 
 from .lazy_image import Region
 
-__all__ = ["box_text", "clip_region", "contains", "hull", "n_pixels", "scribble_box"]
+__all__ = [
+    "BlankRegion",
+    "box_text",
+    "clip_region",
+    "contains",
+    "count_marked",
+    "hull",
+    "n_pixels",
+    "scribble_box",
+    "working_region",
+]
+
+
+class BlankRegion(ValueError):
+    """A region whose pixels all have one value: nothing to segment (its prediction: none)."""
 
 
 def box_text(region: Region) -> str:
@@ -103,3 +117,70 @@ def clip_region(region: tuple[slice, ...], shape: tuple[int, ...], max_pixels: i
             "or raise max_region_pixels if memory allows"
         )
     return clipped
+
+
+def count_marked(scribbles: Any) -> int:
+    """Count the scribbled (non-zero) pixels, chunk by chunk for dask and zarr arrays."""
+    if isinstance(scribbles, np.ndarray):
+        return int(np.count_nonzero(scribbles))
+    import dask.array as da
+
+    return int(da.count_nonzero(da.asarray(scribbles)).compute())
+
+
+def working_region(
+    box: Region | None,
+    view: Region | None,
+    current: Region | None,
+    shape: tuple[int, ...],
+    context: int,
+    max_pixels: int,
+) -> Region | None:
+    """Choose the region a refinement trains on.
+
+    Parameters
+    ----------
+    box : Region or None
+        The scribbles' box (None: nothing scribbled).
+    view : Region or None
+        What the user looks at (already clipped to the image).
+    current : Region or None
+        The current working region.
+    shape : tuple of int
+        The image's spatial shape.
+    context : int
+        Pixels of context around the box when there is no view.
+    max_pixels : int
+        The largest region.
+
+    Returns
+    -------
+    Region or None
+        ``current`` when it holds the box and the view; else the box joined with the view
+        (the view alone when that would exceed ``max_pixels``: scribbles outside it are
+        not used); else the box grown by ``context`` in Y and X; None when nothing is
+        scribbled and there is no view.
+
+    Raises
+    ------
+    ValueError
+        When, without a view, the scribbles and their context exceed ``max_pixels``.
+    """
+    if box is None:
+        return view
+    wanted = box if view is None else hull(box, view)
+    if current is not None and contains(current, wanted):
+        return current
+    if view is not None:  # too far apart: the view alone (the rest is not used)
+        return wanted if n_pixels(wanted) <= max_pixels else view
+    grown = list(box)
+    for axis in (-2, -1):
+        s, n = box[axis], shape[axis]
+        grown[axis] = slice(max(0, s.start - context), min(n, s.stop + context))
+    if n_pixels(tuple(grown)) > max_pixels:
+        raise ValueError(
+            f"scribbles: they span {box_text(box)}, more than max_region_pixels "
+            f"({max_pixels:,}) with their context; give the region you look at (region=; "
+            "--region on the command line) to refine on the scribbles there"
+        )
+    return tuple(grown)

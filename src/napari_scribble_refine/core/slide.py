@@ -22,13 +22,12 @@ far, the pre-trained head still its reference); reset restores the pre-trained h
 from __future__ import annotations
 
 import copy
-import os
 import warnings
-from collections.abc import Callable, Generator
-from pathlib import Path
+from collections.abc import Generator
 from typing import Any
 
 import numpy as np
+import torch
 
 from .config import RefineConfig
 from .devices import resolve_device
@@ -36,20 +35,29 @@ from .feature_tiles import TileFeatures
 from .history import DEFAULT_BUDGET_MB
 from .lazy_image import LazyImage, Region
 from .models.base import HeadState, SegmentationModel
-from .models.saving import check_target, tuning_notes
 from .refine_loop import no_op_refinement
-from .regions import box_text, clip_region, contains, hull, n_pixels, scribble_box
+from .regions import (
+    BlankRegion,
+    box_text,
+    clip_region,
+    contains,
+    count_marked,
+    scribble_box,
+    working_region,
+)
 from .session import RefineSession
+from .slide_output import SlideOutput
 from .steps import RefineResult, RefineStep
 from .tile_normalisation import tile_normaliser
 
-__all__ = ["SlideSession"]
+__all__ = ["BlankRegion", "SlideSession"]
+
 
 WHOLE_MAX_PIXELS = 4096 * 4096
 """``predict()`` without a region works on images up to this size (all slices)."""
 
 
-class SlideSession:
+class SlideSession(SlideOutput):
     """Scribble refinement on a large image read lazily, one working region at a time.
 
     Parameters
@@ -213,24 +221,35 @@ class SlideSession:
     # ------------------------------------------------------------------ regions
     def _tuned(self) -> bool:
         """Whether the head differs from the pre-trained one."""
-        return self._work is not None and not self._work.is_pretrained
+        now, before = self.model.head_state(), self._pretrained
+        return now["class_names"] != before["class_names"] or any(
+            not torch.equal(v, before["weights"][k]) for k, v in now["weights"].items()
+        )
 
-    def _open(self, model: SegmentationModel, region: Region, tuned: bool) -> RefineSession:
+    def _open(
+        self, model: SegmentationModel, region: Region, tuned: bool, features: Any = None
+    ) -> RefineSession:
         """Open a session on a region: the pre-trained head first, then (tuned) the current one."""
+        pixels = self.image.read(region)
+        if pixels.size and pixels.min() == pixels.max():
+            raise BlankRegion(
+                f"region {box_text(region)} is blank (every pixel is {pixels.flat[0]!r}): there "
+                "is nothing to segment there; work where there is tissue"
+            )
         self.features.anchor(region)  # the first region asked for starts on a tile corner
         current = model.head_state()
         model.load_head_state(self._pretrained)
         try:
             session = RefineSession(
                 model,
-                self.image.read(region),
+                pixels,
                 self.config,
                 rgb=self.image.info.is_rgb,
                 tile_size=self.features.tile,
                 tile_halo=self.features.halo,
                 copy_model=False,
                 history_budget_mb=self.history_budget_mb,
-                features=self.features.region(region),
+                features=self.features.region(region) if features is None else features,
             )
         except BaseException:
             model.load_head_state(current)
@@ -238,7 +257,10 @@ class SlideSession:
         session.origin = tuple(s.start for s in region)
         session.slide = self
         if tuned:
-            marks = None if self._scribbles is None else np.asarray(self._scribbles[region])
+            marks = None
+            if self._scribbles is not None:  # as the refinement used them: grown, if set
+                settings = self._settings or self.config
+                marks = session.prepare_scribbles(np.asarray(self._scribbles[region]), settings)[0]
             session.adopt_head(
                 current, "tuned on the slide", scribbles=marks, settings=self._settings
             )
@@ -286,7 +308,11 @@ class SlideSession:
         self._check_open()
         if region is None and self.working_region is not None:
             region = self.working_region
-        return self._session_for(self.check_region(region)).predict()
+        region = self.check_region(region)
+        try:
+            return self._session_for(region).predict()
+        except BlankRegion:
+            return np.zeros(tuple(s.stop - s.start for s in region), np.int32)
 
     def instances(
         self, region: tuple[slice, ...] | None = None
@@ -310,19 +336,34 @@ class SlideSession:
         self._check_open()
         if region is None and self.working_region is not None:
             region = self.working_region
-        return self._session_for(self.check_region(region)).instances()
+        region = self.check_region(region)
+        try:
+            return self._session_for(region).instances()
+        except BlankRegion:
+            return np.zeros(tuple(s.stop - s.start for s in region), np.int32), {}
 
     # ------------------------------------------------------------------ refinement
     def _working(self, region: Region) -> RefineSession:
         if self._work is not None and region == self.working_region:
             return self._work
         self._drop_view()
-        tuned = self._tuned()
+        tuned, previous = self._tuned(), self.working_region
         if self._work is not None:
             self._work.close()  # the model keeps the head it reached
             self._work, self.working_region = None, None
-        self._work = self._open(self.model, region, tuned)
+        try:
+            self._work = self._open(self.model, region, tuned)
+        except BaseException:
+            if previous is not None:  # stay where it was (as tuned), usable
+                self._work = self._open(self.model, previous, tuned)
+                self.working_region = previous
+            raise
         self.working_region = region
+        return self._work
+
+    @property
+    def working_session(self) -> RefineSession | None:
+        """The working region's session (None before a refinement or region_session)."""
         return self._work
 
     def region_session(self, region: tuple[slice, ...]) -> RefineSession:
@@ -373,25 +414,9 @@ class SlideSession:
         self, box: Region | None, region: tuple[slice, ...] | None
     ) -> Region | None:
         view = None if region is None else self.check_region(region)
-        if box is None:
-            return view
-        wanted = box if view is None else hull(box, view)
-        if self.working_region is not None and contains(self.working_region, wanted):
-            return self.working_region
-        if view is not None:  # too far apart: the view alone (the rest is not used)
-            return wanted if n_pixels(wanted) <= self.max_region_pixels else view
-        shape = self.spatial_shape
-        grown = list(box)
-        for axis in (-2, -1):
-            s, n = box[axis], shape[axis]
-            grown[axis] = slice(max(0, s.start - self.context), min(n, s.stop + self.context))
-        if n_pixels(tuple(grown)) > self.max_region_pixels:
-            raise ValueError(
-                f"scribbles: they span {box_text(box)}, more than max_region_pixels "
-                f"({self.max_region_pixels:,}) with their context; pass region= (the viewport) "
-                "to refine on the scribbles there"
-            )
-        return tuple(grown)
+        return working_region(
+            box, view, self.working_region, self.spatial_shape, self.context, self.max_region_pixels
+        )
 
     def refine(
         self,
@@ -407,7 +432,8 @@ class SlideSession:
         ----------
         scribbles : array_like
             Of :attr:`spatial_shape` (a numpy, dask or zarr array): 0 none, 1 background,
-            c + 1 class c. Only the working region is read; never modified.
+            c + 1 class c. Scanned chunk by chunk for the scribbles' box, then only the
+            working region is read; never modified.
         region : tuple of slice, optional
             What the user looks at; the working region includes it (see
             :meth:`working_region_for`).
@@ -459,9 +485,7 @@ class SlideSession:
         crop = np.asarray(scribbles[working])
         outside = 0
         if box is not None and not contains(working, box):
-            outside = int(np.count_nonzero(np.asarray(scribbles[box]))) - int(
-                np.count_nonzero(crop)
-            )
+            outside = count_marked(scribbles) - int(np.count_nonzero(crop))
         if outside > 0:
             warnings.warn(
                 f"{outside} scribbled pixel(s) lie outside the working region "
@@ -517,82 +541,6 @@ class SlideSession:
         """Restore the pre-trained head (undoable in the working region)."""
         self._check_open()
         return self._work.reset() if self._work is not None else False
-
-    def save_model(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-        """Save the network with its head as tuned now (see :meth:`RefineSession.save_model`).
-
-        Parameters
-        ----------
-        path : str or os.PathLike
-            Output file, with a suffix the model's format takes.
-        overwrite : bool
-            Replace an existing file.
-
-        Returns
-        -------
-        Path
-            The file written.
-        """
-        self._check_open()
-        if self._work is not None:
-            return self._work.save_model(path, overwrite=overwrite)
-        target = check_target(self.model, path, overwrite)
-        self.model.save(target, {"adapted": tuning_notes(self.model.name, self.spatial_shape, [])})
-        return target
-
-    # ------------------------------------------------------------------ the whole image
-    def write_prediction(
-        self,
-        path: str | os.PathLike,
-        *,
-        margin: int = 64,
-        overwrite: bool = False,
-        progress: Callable[[int, int], None] | None = None,
-    ) -> Any:
-        """Write the class map of the whole image to a zarr array, tile by tile, resumably.
-
-        See :func:`~.slide_output.write_prediction`, which this calls.
-
-        Parameters
-        ----------
-        path : str or os.PathLike
-            Zarr folder to write.
-        margin : int
-            Context around each tile.
-        overwrite : bool
-            Start again even if ``path`` holds a result of another head.
-        progress : callable, optional
-            ``progress(done, total)`` after each tile (finished tiles count as done).
-
-        Returns
-        -------
-        zarr.Array
-            The result.
-        """
-        from .slide_output import write_prediction
-
-        self._check_open()
-        try:
-            return write_prediction(
-                self, path, margin=margin, overwrite=overwrite, progress=progress
-            )
-        finally:
-            self._drop_view()
-
-    def predict_tile(self, context: Region) -> np.ndarray:
-        """Return the class map of a region for a writer (a viewing session, not kept).
-
-        Parameters
-        ----------
-        context : Region
-            A region inside the image.
-
-        Returns
-        -------
-        numpy.ndarray
-            int32 class map of the region.
-        """
-        return self._session_for(context).predict()
 
     @property
     def settings(self) -> RefineConfig | None:

@@ -9,20 +9,25 @@ extended by mistake.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .config import RefineConfig
+from .lazy_image import Region
 from .models.base import SegmentationModel
+from .models.saving import check_target, tuning_notes
+from .regions import BlankRegion
 
 if TYPE_CHECKING:
     from .slide import SlideSession
 
-__all__ = ["head_fingerprint", "write_prediction"]
+__all__ = ["SlideOutput", "head_fingerprint", "write_prediction"]
 
 
 def head_fingerprint(model: SegmentationModel, settings: RefineConfig | None) -> str:
@@ -45,33 +50,59 @@ def head_fingerprint(model: SegmentationModel, settings: RefineConfig | None) ->
     for name in sorted(weights):
         digest.update(name.encode())
         digest.update(weights[name].float().cpu().numpy().tobytes())
+    if settings is not None:  # where it ran does not change what it predicts
+        settings = dataclasses.replace(settings, device="auto")
     digest.update(repr(settings).encode())
     return digest.hexdigest()
 
 
+def _identity(session: SlideSession, margin: int) -> dict[str, Any]:
+    """Describe what a result depends on besides the head: the image and how it is cut."""
+    sample = session.image.sample(4 * 256 * 256)
+    return {
+        "shape": list(session.spatial_shape),
+        "dtype": str(session.image.array.dtype),
+        "sample": hashlib.sha1(np.ascontiguousarray(sample).tobytes()).hexdigest(),
+        "tile": session.features.tile,
+        "margin": margin,
+    }
+
+
 def _open_target(
-    session: SlideSession, path: str | os.PathLike, fingerprint: str, overwrite: bool
+    session: SlideSession,
+    path: str | os.PathLike,
+    fingerprint: str,
+    identity: dict[str, Any],
+    overwrite: bool,
 ) -> Any:
     import zarr
 
     shape = session.spatial_shape
+    tile = session.features.tile
+    chunks = ((1,) if session.image.info.is_3d else ()) + (tile, tile)
     if os.path.exists(path) and not overwrite:
         target = zarr.open_array(str(path), mode="r+")
         meta = dict(target.attrs).get("scribble_refine", {})
-        if meta.get("head") != fingerprint or tuple(target.shape) != shape:
+        old = meta.get("image", {})
+        differs = [k for k in identity if old.get(k) != identity[k]]
+        if meta.get("head") != fingerprint:
+            differs.insert(0, "the model's head or the refinement's settings")
+        if tuple(target.chunks) != chunks:
+            differs.append("chunks")
+        if differs:
             raise ValueError(
-                f"{path} holds a result of another head or image; pass overwrite=True "
-                "(command line: --overwrite) to replace it, or write to another path"
+                f"{path} holds another result (it differs in: {', '.join(differs)}); pass "
+                "overwrite=True (command line: --overwrite) to replace it, or write to "
+                "another path"
             )
         return target
-    tile = session.features.tile
-    chunks = ((1,) if session.image.info.is_3d else ()) + (tile, tile)
     dtype = np.uint8 if session.n_classes < 255 else np.int32
     target = zarr.open_array(
         str(path), mode="w", shape=shape, chunks=chunks, dtype=dtype, fill_value=0
     )
     target.attrs["scribble_refine"] = {
         "head": fingerprint,
+        "image": identity,
         "class_names": session.class_names,
         "done": [],
     }
@@ -136,9 +167,8 @@ def write_prediction(
         If ``path`` holds a result of another head or shape and ``overwrite`` is False.
     """
     shape = session.spatial_shape
-    target = _open_target(
-        session, path, head_fingerprint(session.model, session.settings), overwrite
-    )
+    fingerprint = head_fingerprint(session.model, session.settings)
+    target = _open_target(session, path, fingerprint, _identity(session, margin), overwrite)
     meta = dict(target.attrs["scribble_refine"])
     done = {tuple(k) for k in meta["done"]}
     session.features.anchor(session.image.whole())  # a fresh session: the grid from 0
@@ -164,3 +194,96 @@ def write_prediction(
         if progress is not None:
             progress(n, len(keys))
     return target
+
+
+class SlideOutput:
+    """What leaves a slide session: the tuned model and the whole image's result.
+
+    Mixed into :class:`~.slide.SlideSession`, whose ``model``, ``spatial_shape``,
+    ``features``, ``_work``, ``_viewer_model``, ``_open``, ``_tuned``, ``_drop_view`` and
+    ``_check_open`` it uses.
+    """
+
+    def save_model(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Save the network with its head as tuned now (see :meth:`RefineSession.save_model`).
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            Output file, with a suffix the model's format takes.
+        overwrite : bool
+            Replace an existing file.
+
+        Returns
+        -------
+        Path
+            The file written.
+        """
+        self._check_open()
+        if self._work is not None:
+            return self._work.save_model(path, overwrite=overwrite)
+        target = check_target(self.model, path, overwrite)
+        self.model.save(target, {"adapted": tuning_notes(self.model.name, self.spatial_shape, [])})
+        return target
+
+    def write_prediction(
+        self,
+        path: str | os.PathLike,
+        *,
+        margin: int = 64,
+        overwrite: bool = False,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Any:
+        """Write the class map of the whole image to a zarr array, tile by tile, resumably.
+
+        See :func:`~.slide_output.write_prediction`, which this calls.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            Zarr folder to write.
+        margin : int
+            Context around each tile.
+        overwrite : bool
+            Start again even if ``path`` holds a result of another head.
+        progress : callable, optional
+            ``progress(done, total)`` after each tile (finished tiles count as done).
+
+        Returns
+        -------
+        zarr.Array
+            The result.
+        """
+        self._check_open()
+        try:
+            return write_prediction(
+                self, path, margin=margin, overwrite=overwrite, progress=progress
+            )
+        finally:
+            self._drop_view()
+
+    def predict_tile(self, context: Region) -> np.ndarray:
+        """Return the class map of a region for a writer: one trunk run, nothing kept.
+
+        Parameters
+        ----------
+        context : Region
+            A region inside the image (a chunk and its context).
+
+        Returns
+        -------
+        numpy.ndarray
+            int32 class map of the region (background where the region is blank).
+        """
+        self._drop_view()  # its session tunes the viewer's model
+        self._viewer_model.load_head_state(self.model.head_state())
+        try:
+            session = self._open(
+                self._viewer_model, context, self._tuned(), self.features.compute_box(context)
+            )
+        except BlankRegion:
+            return np.zeros(tuple(s.stop - s.start for s in context), np.int32)
+        try:
+            return session.predict()
+        finally:
+            session.close()

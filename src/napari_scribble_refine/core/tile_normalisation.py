@@ -90,10 +90,16 @@ def tile_normaliser(model: SegmentationModel, image: LazyImage) -> TileNormalise
 
         return crop
     sample = image.sample(SAMPLE_PIXELS)
-    fit = _affine_fit(sample, normalise(sample))
+    constant = sample.min() == sample.max()  # e.g. only background: nothing to measure on
+    fit = None if constant else _affine_fit(sample, normalise(sample))
     if fit is None:
+        why = (
+            "its sample of the image is one value"
+            if constant
+            else ("its image scaling is not a fixed affine map")
+        )
         warnings.warn(
-            f"{model.name}: its image scaling is not a fixed affine map, so each tile of this "
+            f"{model.name}: {why}, so each tile of this "
             f"{'x'.join(map(str, image.spatial_shape))} image is scaled on its own statistics",
             UserWarning,
             stacklevel=3,
