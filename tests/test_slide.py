@@ -170,6 +170,12 @@ def test_the_whole_result_is_written_tile_by_tile_and_resumes(model, sample, tmp
     assert seen == [1, 2, 3, 4]
     assert (np.asarray(resumed[:128]) == 255).all()
     assert np.array_equal(np.asarray(resumed[128:]), np.asarray(full[128:]))
+    # a result of another image, or cut otherwise, is never extended
+    other = SlideSession(model, sample.image[::-1].copy(), tile_size=128)
+    with pytest.raises(ValueError, match="differs in: sample"):
+        other.write_prediction(tmp_path / "part.zarr")
+    with pytest.raises(ValueError, match="differs in: tile, chunks"):
+        SlideSession(model, sample.image, tile_size=64).write_prediction(tmp_path / "part.zarr")
 
     marks = _scribbles(sample, slide.predict())
     slide.run(marks)
