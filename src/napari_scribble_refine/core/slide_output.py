@@ -27,7 +27,7 @@ from .regions import BlankRegion
 if TYPE_CHECKING:
     from .slide import SlideSession
 
-__all__ = ["SlideOutput", "head_fingerprint", "write_prediction"]
+__all__ = ["SlideOutput", "head_fingerprint"]
 
 
 def head_fingerprint(model: SegmentationModel, settings: RefineConfig | None) -> str:
@@ -126,7 +126,7 @@ def _chunk_box(key: tuple[int, int, int], shape: tuple[int, ...], tile: int) -> 
     return ((slice(z, z + 1),) + box) if len(shape) == 3 else box
 
 
-def write_prediction(
+def _write_prediction(
     session: SlideSession,
     path: str | os.PathLike,
     *,
@@ -134,44 +134,12 @@ def write_prediction(
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> Any:
-    """Write a slide session's class map of the whole image to a zarr array, tile by tile.
-
-    The output's chunks are the tiles of a grid from the image's corner. Each is predicted
-    with ``margin`` pixels of context (in Y and X) and written as it is done; called again
-    with the same head, settings and path, it skips the finished chunks. The scribbles of
-    the last refinement are applied where they are. (In a session that predicted regions
-    before, the feature tiles lie on the first region's grid, and pixels near tile borders
-    can differ slightly from a fresh session's result.)
-
-    Parameters
-    ----------
-    session : SlideSession
-        The session.
-    path : str or os.PathLike
-        Zarr folder to write.
-    margin : int
-        Context around each tile.
-    overwrite : bool
-        Start again even if ``path`` holds a result of another head.
-    progress : callable, optional
-        ``progress(done, total)`` after each tile (finished tiles count as done).
-
-    Returns
-    -------
-    zarr.Array
-        The result (uint8 class indices; int32 above 254 classes).
-
-    Raises
-    ------
-    ValueError
-        If ``path`` holds a result of another head or shape and ``overwrite`` is False.
-    """
+    """Write the whole image's class map (:meth:`SlideOutput.write_prediction`'s work)."""
     shape = session.spatial_shape
     fingerprint = head_fingerprint(session.model, session.settings)
     target = _open_target(session, path, fingerprint, _identity(session, margin), overwrite)
     meta = dict(target.attrs["scribble_refine"])
     done = {tuple(k) for k in meta["done"]}
-    session.features.anchor(session.image.whole())  # a fresh session: the grid from 0
     keys = _chunks(shape, session.features.tile)
     for n, key in enumerate(keys, start=1):
         if key not in done:
@@ -234,9 +202,13 @@ class SlideOutput:
         overwrite: bool = False,
         progress: Callable[[int, int], None] | None = None,
     ) -> Any:
-        """Write the class map of the whole image to a zarr array, tile by tile, resumably.
+        """Write a slide session's class map of the whole image to a zarr array, tile by tile.
 
-        See :func:`~.slide_output.write_prediction`, which this calls.
+        The output's chunks are the tiles of a grid from the image's corner. Each is predicted
+        with ``margin`` pixels of context (in Y and X; the trunk runs once on the chunk and its
+        context) and written as it is done; called again with the same head, settings, image
+        and path, it skips the finished chunks. The scribbles of the last refinement are
+        applied where they are; blank chunks are background.
 
         Parameters
         ----------
@@ -245,22 +217,24 @@ class SlideOutput:
         margin : int
             Context around each tile.
         overwrite : bool
-            Start again even if ``path`` holds a result of another head.
+            Start again even if ``path`` holds another result (another head, image,
+            tile size or margin).
         progress : callable, optional
             ``progress(done, total)`` after each tile (finished tiles count as done).
 
         Returns
         -------
         zarr.Array
-            The result.
+            The result (uint8 class indices; int32 above 254 classes).
+
+        Raises
+        ------
+        ValueError
+            If ``path`` holds another result and ``overwrite`` is False (the message names
+            what differs).
         """
         self._check_open()
-        try:
-            return write_prediction(
-                self, path, margin=margin, overwrite=overwrite, progress=progress
-            )
-        finally:
-            self._drop_view()
+        return _write_prediction(self, path, margin=margin, overwrite=overwrite, progress=progress)
 
     def predict_tile(self, context: Region) -> np.ndarray:
         """Return the class map of a region for a writer: one trunk run, nothing kept.
