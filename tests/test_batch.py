@@ -16,6 +16,7 @@ from napari_scribble_refine.batch import (
     MARKER_SUFFIX,
     BatchReport,
     apply_model,
+    output_names,
     output_paths,
 )
 from napari_scribble_refine.cli import main
@@ -192,8 +193,6 @@ def test_bad_batches_are_refused_before_any_work(images, out, tmp_path):
     other.mkdir()
     twin = other / images[0].name
     twin.write_bytes(images[0].read_bytes())
-    with pytest.raises(ValueError, match="share the name 'img930000'.*rename one"):
-        _apply(MODEL, [*images, twin], out)
     with pytest.raises(ValueError, match="is given twice"):
         _apply(MODEL, [images[0], images[0]], out)
     with pytest.raises(ValueError, match="does not exist; create it"):
@@ -248,3 +247,22 @@ def test_the_marker_is_written_last(images, out, monkeypatch):
     assert report.failed == {images[0]: "disk full"}
     assert not (out / f"{images[0].stem}{MARKER_SUFFIX}").exists()
     assert os.listdir(out) == []
+
+
+def test_inputs_that_share_a_name_are_told_apart_by_their_folders(images, out, tmp_path):
+    twin_dir = tmp_path / "elsewhere"
+    twin_dir.mkdir()
+    twin = twin_dir / images[0].name
+    twin.write_bytes(images[0].read_bytes())
+    names = output_names([*images, twin])
+    assert names[images[1]] == images[1].stem  # a name no other input has stays
+    assert names[images[0]] == f"in_{images[0].stem}" and names[twin] == f"elsewhere_{twin.stem}"
+    assert output_names([Path("a/x/image.tif"), Path("b/x/image.tif")]) == {
+        Path("a/x/image.tif"): "a_x_image",
+        Path("b/x/image.tif"): "b_x_image",
+    }
+    report = _apply(MODEL, [images[0], twin], out)
+    assert sorted(report.written) == sorted([images[0], twin])
+    for path in (images[0], twin):
+        assert all(p.is_file() for p in output_paths(path, out, names[path]))
+    assert _apply(MODEL, [images[0], twin], out).skipped  # re-run: both finished

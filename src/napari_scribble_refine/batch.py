@@ -2,7 +2,8 @@
 
 :func:`apply_model` sends one task per image to a dask cluster (a local one by default, or
 a running scheduler), each worker loading the model once and writing, for an input
-``<stem>.tif``, into the output folder:
+``<stem>.tif``, into the output folder (where inputs share a stem, ``<stem>`` is prefixed with
+their folders' names, :func:`output_names`):
 
 * ``<stem>_classes.tif``: the class map (0 = background, c = class c);
 * ``<stem>_instances.tif``, ``<stem>_types.csv``, ``<stem>.geojson``: the nuclei, as
@@ -53,7 +54,14 @@ from .instance_files import write_instances
 if TYPE_CHECKING:
     from distributed import Client
 
-__all__ = ["MARKER_SUFFIX", "OUTPUT_SUFFIXES", "BatchReport", "apply_model", "output_paths"]
+__all__ = [
+    "MARKER_SUFFIX",
+    "OUTPUT_SUFFIXES",
+    "BatchReport",
+    "apply_model",
+    "output_names",
+    "output_paths",
+]
 
 OUTPUT_SUFFIXES = ("_classes.tif", "_instances.tif", "_types.csv", ".geojson")
 """What follows an input's stem in the names of its outputs."""
@@ -129,7 +137,44 @@ class _Job:
     device: str
 
 
-def output_paths(image: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
+def output_names(paths: Sequence[str | os.PathLike]) -> dict[Path, str]:
+    """Name each input's outputs: its stem, with parent folders where stems are shared.
+
+    Images kept one per folder (``00000010/image.tif``, ``00000029/image.tif``) get
+    ``00000010_image`` and ``00000029_image``; a stem no other input has stays as it is.
+
+    Parameters
+    ----------
+    paths : sequence of str or os.PathLike
+        The inputs (distinct files).
+
+    Returns
+    -------
+    dict of Path to str
+        Input path -> the name its outputs start with (unique, ignoring case).
+    """
+    files = [Path(p) for p in paths]
+    depth = dict.fromkeys(files, 0)
+
+    def name(file: Path) -> str:
+        folders = file.parent.parts[len(file.parent.parts) - depth[file] :] if depth[file] else ()
+        return "_".join([*folders, file.stem])
+
+    while True:
+        groups: dict[str, list[Path]] = {}
+        for file in files:
+            groups.setdefault(name(file).casefold(), []).append(file)
+        shared = [f for group in groups.values() if len(group) > 1 for f in group]
+        grow = [f for f in shared if depth[f] < len(f.parent.parts)]
+        if not grow:
+            return {file: name(file) for file in files}
+        for file in grow:
+            depth[file] += 1
+
+
+def output_paths(
+    image: str | os.PathLike, out_dir: str | os.PathLike, name: str | None = None
+) -> list[Path]:
     """Name the files :func:`apply_model` writes for one input, the marker last.
 
     Parameters
@@ -138,14 +183,17 @@ def output_paths(image: str | os.PathLike, out_dir: str | os.PathLike) -> list[P
         The input TIFF.
     out_dir : str or os.PathLike
         The output folder.
+    name : str, optional
+        What the outputs' names start with (default: the input's stem; see
+        :func:`output_names`).
 
     Returns
     -------
     list of Path
-        ``<stem>_classes.tif``, ``<stem>_instances.tif``, ``<stem>_types.csv``,
-        ``<stem>.geojson`` and ``<stem>_complete.json`` in ``out_dir``.
+        ``<name>_classes.tif``, ``<name>_instances.tif``, ``<name>_types.csv``,
+        ``<name>.geojson`` and ``<name>_complete.json`` in ``out_dir``.
     """
-    stem = Path(image).stem
+    stem = name if name is not None else Path(image).stem
     return [Path(out_dir) / f"{stem}{suffix}" for suffix in (*OUTPUT_SUFFIXES, MARKER_SUFFIX)]
 
 
@@ -171,7 +219,7 @@ def apply_model(
         file, such as a ``.safetensors`` written by
         :meth:`~napari_scribble_refine.RefineSession.save_model`. Each worker loads it once.
     inputs : sequence of str or os.PathLike
-        The TIFF images; their file names without extension (stems) must differ.
+        The TIFF images (each once); outputs are named by :func:`output_names`.
     out_dir : str or os.PathLike
         An existing, writable folder for the outputs (see the module docstring), shared
         with the workers when they run on other machines.
@@ -204,7 +252,7 @@ def apply_model(
     Raises
     ------
     ValueError
-        Before any work: no inputs, two inputs with the same stem, an input that an output
+        Before any work: no inputs, an input given twice, an input that an output
         would overwrite, a missing or read-only output folder, a model that does not load,
         an unavailable device, ``n_workers`` below 1 or given with a scheduler, or a
         scheduler that does not answer or has no workers.
@@ -214,6 +262,7 @@ def apply_model(
     start = time.perf_counter()
     out = _check_out_dir(out_dir)
     paths = _check_inputs(inputs, out)
+    names = output_names(paths)
     if n_workers is not None and (isinstance(n_workers, bool) or n_workers < 1):
         raise ValueError(f"n_workers must be 1 or more, got {n_workers!r}")
     if n_workers is not None and scheduler is not None:
@@ -228,7 +277,7 @@ def apply_model(
     report = BatchReport(out_dir=out)
     todo = []
     for path in paths:
-        (report.skipped if _is_complete(job, path) else todo).append(path)
+        (report.skipped if _is_complete(job, path, names[path]) else todo).append(path)
     notify = _notifier(progress)
     notify(len(report.skipped), len(paths))
     threads = torch.get_num_threads()  # tasks set 1 thread; restore it for in-process runs
@@ -236,7 +285,8 @@ def apply_model(
         if todo:
             workers = n_workers or min(len(todo), _cpu_count())
             with _connect(scheduler, workers, processes) as client:
-                _run(client, job, todo, report, lambda: notify(_done(report), len(paths)))
+                advance = lambda: notify(_done(report), len(paths))  # noqa: E731
+                _run(client, job, {path: names[path] for path in todo}, report, advance)
     finally:
         torch.set_num_threads(threads)
         notify(-1, len(paths))  # closes a bar
@@ -245,15 +295,19 @@ def apply_model(
 
 
 def _run(
-    client: Client, job: _Job, todo: list[Path], report: BatchReport, advance: Callable[[], None]
+    client: Client,
+    job: _Job,
+    todo: dict[Path, str],
+    report: BatchReport,
+    advance: Callable[[], None],
 ) -> None:
     """Submit one task per image and record each result as it arrives."""
     from distributed import as_completed
 
     token = uuid.uuid4().hex[:8]
     futures = {
-        client.submit(_apply_one, job, str(path), key=f"scribble-refine-{token}-{i}"): path
-        for i, path in enumerate(todo)
+        client.submit(_apply_one, job, str(path), name, key=f"scribble-refine-{token}-{i}"): path
+        for i, (path, name) in enumerate(todo.items())
     }
     for future in as_completed(futures):
         path = futures[future]
@@ -336,7 +390,7 @@ def _connect(scheduler: str | Client | None, n_workers: int, processes: bool) ->
         yield client
 
 
-def _apply_one(job: _Job, path: str) -> tuple[str, str]:
+def _apply_one(job: _Job, path: str, name: str) -> tuple[str, str]:
     """Predict one image and write its outputs (the task); return ``(status, reason)``."""
     try:
         torch.set_num_threads(1)  # one core per worker: n workers use n cores
@@ -356,7 +410,7 @@ def _apply_one(job: _Job, path: str) -> tuple[str, str]:
             seconds=round(time.perf_counter() - t0, 3),
             version=version("napari-scribble-refine"),
         )
-        _write_outputs(Path(job.out_dir), file.stem, classes, instances, types, names, record)
+        _write_outputs(Path(job.out_dir), name, classes, instances, types, names, record)
     except Exception as err:  # noqa: BLE001 - one image's failure is reported, not raised
         known = isinstance(err, ValueError | OSError | TypeError)
         return "failed", _line(err) if known else f"{type(err).__name__}: {_line(err)}"
@@ -423,17 +477,17 @@ def _input_record(job: _Job, path: Path) -> dict[str, Any]:
     }
 
 
-def _is_complete(job: _Job, path: Path) -> bool:
+def _is_complete(job: _Job, path: Path, name: str) -> bool:
     """Whether the image's outputs are all there, from this input and this model."""
     try:
         expected = _input_record(job, path)
-        record = json.loads((Path(job.out_dir) / f"{path.stem}{MARKER_SUFFIX}").read_text())
+        record = json.loads((Path(job.out_dir) / f"{name}{MARKER_SUFFIX}").read_text())
     except (OSError, ValueError):
         return False
     if not isinstance(record, dict):
         return False
     same = all(record.get(k) == v for k, v in expected.items() if k != "model")
-    return same and all(p.is_file() for p in output_paths(path, job.out_dir))
+    return same and all(p.is_file() for p in output_paths(path, job.out_dir, name))
 
 
 def _check_out_dir(out_dir: str | os.PathLike) -> Path:
@@ -451,25 +505,19 @@ def _check_out_dir(out_dir: str | os.PathLike) -> Path:
 
 
 def _check_inputs(inputs: Sequence[str | os.PathLike] | str | os.PathLike, out: Path) -> list[Path]:
-    """Absolute input paths; refuse none, shared stems and inputs that outputs would replace."""
+    """Absolute input paths; refuse none, repeated files and inputs outputs would replace."""
     if isinstance(inputs, str | os.PathLike):
         inputs = [inputs]
     paths = [Path(p).expanduser().absolute() for p in inputs]
     if not paths:
         raise ValueError("no input images given; name one or more TIFF files")
-    by_stem: dict[str, Path] = {}
+    seen: set[Path] = set()
     for path in paths:
-        other = by_stem.setdefault(path.stem.casefold(), path)
-        if other is path:
-            continue
-        if other == path:
+        if path.resolve() in seen:
             raise ValueError(f"inputs: {path} is given twice; give each image once")
-        raise ValueError(
-            f"inputs: {other} and {path} share the name {path.stem!r}, so their outputs in "
-            f"{out} would overwrite each other; rename one or run them into different output "
-            "folders"
-        )
-    outputs = {p.resolve(): path for path in paths for p in output_paths(path, out)}
+        seen.add(path.resolve())
+    names = output_names(paths)
+    outputs = {p.resolve(): path for path in paths for p in output_paths(path, out, names[path])}
     for path in paths:
         owner = outputs.get(path.resolve())
         if owner is not None:
