@@ -405,8 +405,17 @@ class FinalPrediction:
             int32 of the image's spatial shape, a new array.
         """
         n = self._n_slices()
-        planes = np.stack([self._maps(index)[0] for index in range(n)])
+        planes = np.stack([self._classes(index) for index in range(n)])
         return self._with_pins(planes if self.image_info.is_3d else planes[0])
+
+    def _classes(self, index: int) -> np.ndarray:
+        """Class map (int32) of one slice: :meth:`_maps` without the probabilities."""
+        height, width = self.spatial_shape[-2:]
+        classes = np.empty((height, width), dtype=np.int32)
+        for y0, x0, piece in self._head_pieces(index):
+            h, w = piece.shape[-2:]
+            classes[y0 : y0 + h, x0 : x0 + w] = class_map_of(self.model, piece.float().cpu())
+        return classes
 
     # ------------------------------------------------------------------ instances
     def instances(self, class_map: np.ndarray) -> tuple[np.ndarray, dict[int, int]]:
