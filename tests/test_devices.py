@@ -92,3 +92,13 @@ def test_refinement_on_cuda_matches_the_cpu(model3, scene):
     assert (maps["cpu"][scribbles > 0] == maps["cuda"][scribbles > 0]).all()
     assert np.mean(maps["cpu"] != maps["cuda"]) <= 0.005
     assert losses["cuda"] == pytest.approx(losses["cpu"], rel=0.05, abs=1e-3)
+
+
+def test_the_device_choices_are_what_this_machine_has():
+    from napari_scribble_refine.core.devices import available_devices
+
+    choices = available_devices()
+    assert choices[:2] == ["auto", "cpu"]
+    assert len([c for c in choices if c.startswith("cuda:")]) == torch.cuda.device_count()
+    for choice in choices:
+        resolve_device(choice)  # each is one resolve_device accepts here

@@ -51,17 +51,6 @@ if TYPE_CHECKING:
 __all__ = ["LIVE_UPDATE_MS", "SHORTCUTS", "ScribbleRefineWidget"]
 
 
-def _devices() -> list[str]:
-    import torch
-
-    found = ["auto", "cpu"]
-    found += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    backend = getattr(torch.backends, "mps", None)
-    if backend is not None and backend.is_available():
-        found.append("mps")
-    return found
-
-
 class ScribbleRefineWidget(Container):
     """Scribble-aware refinement of a segmentation network in napari.
 
@@ -114,6 +103,8 @@ class ScribbleRefineWidget(Container):
 
     # ------------------------------------------------------------------ layout
     def _build(self) -> None:
+        from ..core.devices import available_devices  # torch: loaded with the widget, not napari
+
         self._new_scribbles = PushButton(
             text="New scribbles",
             tooltip="Add an empty scribble layer of the image's shape, coloured by class.",
@@ -126,7 +117,7 @@ class ScribbleRefineWidget(Container):
         self._class_name.native.setPlaceholderText("new class name")
         self._device = ComboBox(
             label="Device",
-            choices=_devices(),
+            choices=available_devices(),
             value="auto",
             tooltip="Where the network runs; 'auto' takes a GPU when there is one.",
         )

@@ -12,6 +12,21 @@ def _mps_available() -> bool:
     return bool(backend is not None and backend.is_available())
 
 
+def available_devices() -> list[str]:
+    """List the device choices this machine offers: ``auto``, ``cpu``, each GPU, ``mps``.
+
+    Returns
+    -------
+    list of str
+        Device strings :func:`resolve_device` accepts here.
+    """
+    found = ["auto", "cpu"]
+    found += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if _mps_available():
+        found.append("mps")
+    return found
+
+
 def resolve_device(spec: str | torch.device = "auto") -> tuple[torch.device, str]:
     """Turn a device request into a torch device that really exists here.
 
