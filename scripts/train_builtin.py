@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -37,7 +36,6 @@ import torch.nn.functional as F
 from scipy import ndimage as ndi
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
 
 from napari_scribble_refine.core.metrics import (  # noqa: E402
     aggregated_jaccard_index,

@@ -36,7 +36,6 @@ import argparse
 import csv
 import io
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +47,6 @@ import torch.nn.functional as F
 from scipy import ndimage as ndi
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
 
 from train_builtin import ARCHITECTURE, NORMALISATION, hovernet_loss, make_optimiser  # noqa: E402
 
