@@ -17,6 +17,8 @@ for), and ``pan_prediction_s_20000`` the class map of the next 2048² region bes
 half a tile off that grid (six new tiles); ``peak_rss_gb_20000`` is the process's peak
 memory. A (16, 4096, 4096) zarr stack
 is worked on slice by slice through the same tiles (``stack``, ``peak_rss_gb_stack``).
+``write_s_per_megapixel_4096``: seconds per megapixel of ``write_prediction`` (the whole
+4096² result with the tuned head, chunk by chunk).
 Batch throughput with one and two local dask.distributed workers comes from
 ``bench_batch.py``. Prints one JSON
 object with the goals beside the figures (issue 10).
@@ -153,6 +155,11 @@ def _one(size: int, threads: int) -> dict:
         out["working_region"] = [s.stop - s.start for s in region]
         out["trunk_tiles_after"] = session.features.computed
         out["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+        if size == 4096:  # the whole result, chunk by chunk, with the tuned head
+            start = time.perf_counter()
+            session.write_prediction(Path(tmp) / "result.zarr")
+            seconds = time.perf_counter() - start
+            out["write_s_per_megapixel"] = round(seconds / (size * size / 1e6), 2)
         session.close()
     return out
 
@@ -245,6 +252,8 @@ def main() -> None:
     result[f"interaction_s_{args.big}"] = big["interaction_median_s"]
     result[f"peak_rss_gb_{args.big}"] = big["peak_rss_gb"]
     result["peak_rss_gb_stack"] = stack["peak_rss_gb"]
+    if "write_s_per_megapixel" in runs.get(4096, {}):
+        result["write_s_per_megapixel_4096"] = runs[4096]["write_s_per_megapixel"]
     result["goals"] = {
         f"interaction_ratio_{large}_vs_{small}": "<= 1.5",
         f"first_prediction_s_{args.big}": "<= 10",
