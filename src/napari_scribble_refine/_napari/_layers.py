@@ -16,6 +16,8 @@ from napari.layers import Points
 from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.colormaps.standardize_color import transform_color
 
+from ..core.regions import region_shape
+
 if TYPE_CHECKING:
     import napari
     from napari.layers import Image, Labels, Shapes
@@ -448,7 +450,7 @@ def add_scribble_layer(
     """
     layer = viewer.add_labels(
         np.zeros(
-            spatial_shape(image) if region is None else tuple(s.stop - s.start for s in region),
+            spatial_shape(image) if region is None else region_shape(region),
             dtype=np.uint8,
         ),
         name=f"{image.name} scribbles",

@@ -16,6 +16,7 @@ from magicgui.widgets import ComboBox
 from napari.layers import Image, Labels, Points, Shapes
 from napari.utils.notifications import show_error
 
+from ..core.regions import region_shape
 from ..core.scribbles import validate_scribbles
 from . import _layers
 from ._large_images import region_text
@@ -156,7 +157,7 @@ class LayerPickers:
         origin = np.zeros(len(shape), dtype=int)
         if region is not None:
             origin = np.array([s.start for s in region])
-            shape = tuple(s.stop - s.start for s in region)
+            shape = region_shape(region)
         scribbles = None
         layer = self.scribbles.value
         if layer is not None:
@@ -204,7 +205,7 @@ def _region_marks(layer: Labels, image: Image, region: tuple[slice, ...] | None)
     """Return a scribble layer's values over the image, or over a large image's region."""
     if region is None:
         return _layers.labels_array(layer)
-    shape = tuple(s.stop - s.start for s in region)
+    shape = region_shape(region)
     data = layer.data[0] if layer.multiscale else layer.data
     if tuple(data.shape) == _layers.spatial_shape(image):  # covers the whole image
         return np.array(data[region], dtype=np.int32)

@@ -159,10 +159,7 @@ class Refinement:
         session = self.session_of(image_layer)
         region = _large_images.visible_region(self._viewer, image_layer)
         if session is not None and not session.closed:
-            here = tuple(s.start for s in region) == session.origin and tuple(
-                s.stop - s.start for s in region
-            ) == tuple(session.spatial_shape)
-            if here or not follow_view:
+            if region == session.region or not follow_view:
                 return image_layer, session, None
         elif not follow_view:
             raise ValueError(

@@ -315,11 +315,8 @@ class ScribbleRefineWidget(Container):
         self._brush.set_classes(class_names, self.prediction_layer)
 
     def _feedback(self, image: Image, session: RefineSession | None = None) -> _tasks.Feedback:
-        region = None
-        if session is not None and session.slide is not None:  # a large image's region
-            region = tuple(
-                slice(o, o + n) for o, n in zip(session.origin, session.spatial_shape, strict=True)
-            )
+        large = session is not None and session.slide is not None  # a large image's region
+        region = session.region if large else None
         return self._pickers.feedback(
             image,
             len(self._brush.class_names),
@@ -355,9 +352,7 @@ class ScribbleRefineWidget(Container):
                     "cover the region it worked on"
                 )
                 return None
-            region = tuple(
-                slice(o, o + n) for o, n in zip(session.origin, session.spatial_shape, strict=True)
-            )
+            region = session.region
 
         def add(viewer: Any, image: Image, class_names: list[str]) -> Labels:
             return _layers.add_scribble_layer(

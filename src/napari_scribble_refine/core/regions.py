@@ -17,6 +17,7 @@ __all__ = [
     "count_marked",
     "hull",
     "n_pixels",
+    "region_shape",
     "scribble_box",
     "working_region",
 ]
@@ -31,9 +32,14 @@ def box_text(region: Region) -> str:
     return "[" + ", ".join(f"{s.start}:{s.stop}" for s in region) + "]"
 
 
+def region_shape(region: Region) -> tuple[int, ...]:
+    """Return the shape of an array cut to a region."""
+    return tuple(s.stop - s.start for s in region)
+
+
 def n_pixels(region: Region) -> int:
     """Count a region's pixels."""
-    return math.prod(s.stop - s.start for s in region)
+    return math.prod(region_shape(region))
 
 
 def contains(outer: Region, inner: Region) -> bool:

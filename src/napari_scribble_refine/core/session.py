@@ -263,9 +263,9 @@ class RefineSession(SessionSaving):
         return self._history.position
 
     @property
-    def is_pretrained(self) -> bool:
-        """True when the head is the pre-trained one (at the start, or reset and unchanged)."""
-        return self._history.is_pretrained
+    def region(self) -> tuple[slice, ...]:
+        """The box of the larger image this session's image covers (from :attr:`origin`)."""
+        return tuple(slice(o, o + n) for o, n in zip(self.origin, self.spatial_shape, strict=True))
 
     @property
     def state_version(self) -> int:

@@ -34,7 +34,7 @@ from .devices import resolve_device
 from .feature_tiles import TileFeatures
 from .history import DEFAULT_BUDGET_MB
 from .lazy_image import LazyImage, Region
-from .models.base import HeadState, SegmentationModel
+from .models.base import Features, HeadState, SegmentationModel
 from .refine_loop import no_op_refinement
 from .regions import (
     BlankRegion,
@@ -42,6 +42,7 @@ from .regions import (
     clip_region,
     contains,
     count_marked,
+    region_shape,
     scribble_box,
     working_region,
 )
@@ -227,9 +228,13 @@ class SlideSession(SlideOutput):
         )
 
     def _open(
-        self, model: SegmentationModel, region: Region, tuned: bool, features: Any = None
+        self, model: SegmentationModel, region: Region, features: Features | None = None
     ) -> RefineSession:
-        """Open a session on a region: the pre-trained head first, then (tuned) the current one."""
+        """Open a session on a region: the pre-trained head first, then (tuned) the current one.
+
+        ``model`` holds the slide's current head (``self.model``, or the viewer's copy of it).
+        """
+        tuned = self._tuned()
         pixels = self.image.read(region)
         if pixels.size and pixels.min() == pixels.max():
             raise BlankRegion(
@@ -279,16 +284,26 @@ class SlideSession(SlideOutput):
             return None
         return (id(self._work), self._work.state_version)
 
+    def _open_view(self, region: Region, features: Features | None = None) -> RefineSession:
+        """Open a session on a region with the viewer's copy of the current head."""
+        self._drop_view()  # its session tunes the viewer's model
+        self._viewer_model.load_head_state(self.model.head_state())
+        return self._open(self._viewer_model, region, features)
+
     def _session_for(self, region: Region) -> RefineSession:
         """Return the working session for its region, else a (cached) viewing session."""
         if self._work is not None and region == self.working_region:
             return self._work
         key = (region, self._state())
         if self._view is None or self._view[0] != key:
-            self._drop_view()
-            self._viewer_model.load_head_state(self.model.head_state())
-            self._view = (key, self._open(self._viewer_model, region, self._tuned()))
+            self._view = (key, self._open_view(region))
         return self._view[1]
+
+    def _resolve(self, region: tuple[slice, ...] | None) -> Region:
+        """Return the region asked for, else the working region, checked."""
+        if region is None and self.working_region is not None:
+            region = self.working_region
+        return self.check_region(region)
 
     # ------------------------------------------------------------------ prediction
     def predict(self, region: tuple[slice, ...] | None = None) -> np.ndarray:
@@ -306,13 +321,11 @@ class SlideSession(SlideOutput):
             int32 of the region's shape: 0 = background, c = class c.
         """
         self._check_open()
-        if region is None and self.working_region is not None:
-            region = self.working_region
-        region = self.check_region(region)
+        region = self._resolve(region)
         try:
             return self._session_for(region).predict()
         except BlankRegion:
-            return np.zeros(tuple(s.stop - s.start for s in region), np.int32)
+            return np.zeros(region_shape(region), np.int32)
 
     def instances(
         self, region: tuple[slice, ...] | None = None
@@ -334,28 +347,26 @@ class SlideSession(SlideOutput):
             Instance label -> class.
         """
         self._check_open()
-        if region is None and self.working_region is not None:
-            region = self.working_region
-        region = self.check_region(region)
+        region = self._resolve(region)
         try:
             return self._session_for(region).instances()
         except BlankRegion:
-            return np.zeros(tuple(s.stop - s.start for s in region), np.int32), {}
+            return np.zeros(region_shape(region), np.int32), {}
 
     # ------------------------------------------------------------------ refinement
     def _working(self, region: Region) -> RefineSession:
         if self._work is not None and region == self.working_region:
             return self._work
         self._drop_view()
-        tuned, previous = self._tuned(), self.working_region
+        previous = self.working_region
         if self._work is not None:
             self._work.close()  # the model keeps the head it reached
             self._work, self.working_region = None, None
         try:
-            self._work = self._open(self.model, region, tuned)
+            self._work = self._open(self.model, region)
         except BaseException:
             if previous is not None:  # stay where it was (as tuned), usable
-                self._work = self._open(self.model, previous, tuned)
+                self._work = self._open(self.model, previous)
                 self.working_region = previous
             raise
         self.working_region = region

@@ -22,7 +22,8 @@ from .config import RefineConfig
 from .lazy_image import Region
 from .models.base import SegmentationModel
 from .models.saving import check_target, tuning_notes
-from .regions import BlankRegion
+from .regions import BlankRegion, region_shape
+from .tiling import tile_ranges
 
 if TYPE_CHECKING:
     from .slide import SlideSession
@@ -109,21 +110,16 @@ def _open_target(
     return target
 
 
-def _chunks(shape: tuple[int, ...], tile: int) -> list[tuple[int, int, int]]:
-    """List the output's chunks ``(slice, row, column)``: the tile grid from 0, per slice."""
+def _chunks(shape: tuple[int, ...], tile: int) -> dict[tuple[int, int, int], Region]:
+    """Map the output's chunks ``(slice, row, column)`` (the tile grid from 0) to their boxes."""
     depth = shape[0] if len(shape) == 3 else 1
-    rows, cols = (range(-(-n // tile)) for n in shape[-2:])
-    return [(z, i, j) for z in range(depth) for i in rows for j in cols]
-
-
-def _chunk_box(key: tuple[int, int, int], shape: tuple[int, ...], tile: int) -> tuple[slice, ...]:
-    """Return the region of one output chunk."""
-    z, i, j = key
-    box = (
-        slice(i * tile, min(shape[-2], (i + 1) * tile)),
-        slice(j * tile, min(shape[-1], (j + 1) * tile)),
-    )
-    return ((slice(z, z + 1),) + box) if len(shape) == 3 else box
+    rows, cols = (tile_ranges(n, tile) for n in shape[-2:])
+    return {
+        (z, i, j): ((slice(z, z + 1),) if len(shape) == 3 else ()) + (slice(*r), slice(*c))
+        for z in range(depth)
+        for i, r in enumerate(rows)
+        for j, c in enumerate(cols)
+    }
 
 
 def _write_prediction(
@@ -140,10 +136,9 @@ def _write_prediction(
     target = _open_target(session, path, fingerprint, _identity(session, margin), overwrite)
     meta = dict(target.attrs["scribble_refine"])
     done = {tuple(k) for k in meta["done"]}
-    keys = _chunks(shape, session.features.tile)
-    for n, key in enumerate(keys, start=1):
+    chunks = _chunks(shape, session.features.tile)
+    for n, (key, core) in enumerate(chunks.items(), start=1):
         if key not in done:
-            core = _chunk_box(key, shape, session.features.tile)
             context = tuple(
                 s
                 if len(core) == 3 and axis == 0
@@ -160,7 +155,7 @@ def _write_prediction(
             meta["done"] = sorted(done)
             target.attrs["scribble_refine"] = meta
         if progress is not None:
-            progress(n, len(keys))
+            progress(n, len(chunks))
     return target
 
 
@@ -168,8 +163,7 @@ class SlideOutput:
     """What leaves a slide session: the tuned model and the whole image's result.
 
     Mixed into :class:`~.slide.SlideSession`, whose ``model``, ``spatial_shape``,
-    ``features``, ``_work``, ``_viewer_model``, ``_open``, ``_tuned``, ``_drop_view`` and
-    ``_check_open`` it uses.
+    ``features``, ``_work``, ``_open_view`` and ``_check_open`` it uses.
     """
 
     def save_model(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
@@ -249,14 +243,10 @@ class SlideOutput:
         numpy.ndarray
             int32 class map of the region (background where the region is blank).
         """
-        self._drop_view()  # its session tunes the viewer's model
-        self._viewer_model.load_head_state(self.model.head_state())
         try:
-            session = self._open(
-                self._viewer_model, context, self._tuned(), self.features.compute_box(context)
-            )
+            session = self._open_view(context, self.features.compute_box(context))
         except BlankRegion:
-            return np.zeros(tuple(s.stop - s.start for s in context), np.int32)
+            return np.zeros(region_shape(context), np.int32)
         try:
             return session.predict()
         finally:
