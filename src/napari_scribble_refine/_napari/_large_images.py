@@ -45,11 +45,6 @@ def is_large(layer: Image) -> bool:
     return bool(layer.multiscale) or height * width > LARGE_PIXELS
 
 
-def full_resolution(layer: Image) -> Any:
-    """Return the layer's full-resolution data (not copied, not read)."""
-    return layer.data[0] if layer.multiscale else layer.data
-
-
 def visible_region(viewer: napari.viewer.Viewer, layer: Image) -> tuple[slice, ...]:
     """Return the region of a layer on screen, at most :data:`REGION_SIDE` a side.
 

@@ -199,6 +199,11 @@ def class_features(class_names: list[str], offset: int) -> dict[str, list]:
     return {"index": index, "class": names}
 
 
+def full_resolution(layer: Image | Labels) -> Any:
+    """Return a layer's full-resolution data (level 0 of a multiscale one), not copied."""
+    return layer.data[0] if layer.multiscale else layer.data
+
+
 def image_array(layer: Image) -> tuple[np.ndarray, bool]:
     """Copy an image layer's pixels and tell whether they are colour.
 
@@ -214,7 +219,7 @@ def image_array(layer: Image) -> tuple[np.ndarray, bool]:
     rgb : bool
         napari's own ``rgb`` flag for the layer.
     """
-    data = layer.data[0] if layer.multiscale else layer.data
+    data = full_resolution(layer)
     return np.array(data, copy=True), bool(layer.rgb)
 
 
@@ -231,7 +236,7 @@ def spatial_shape(layer: Image) -> tuple[int, ...]:
     tuple of int
         ``(Y, X)`` or ``(Z, Y, X)`` (or whatever the layer holds, for error messages).
     """
-    data = layer.data[0] if layer.multiscale else layer.data
+    data = full_resolution(layer)
     shape = tuple(int(s) for s in data.shape)
     return shape[:-1] if layer.rgb else shape
 
@@ -249,7 +254,7 @@ def labels_array(layer: Labels) -> np.ndarray:
     numpy.ndarray
         The copy.
     """
-    data = layer.data[0] if layer.multiscale else layer.data
+    data = full_resolution(layer)
     return np.array(data, dtype=np.int32, copy=True)
 
 

@@ -206,7 +206,7 @@ def _region_marks(layer: Labels, image: Image, region: tuple[slice, ...] | None)
     if region is None:
         return _layers.labels_array(layer)
     shape = region_shape(region)
-    data = layer.data[0] if layer.multiscale else layer.data
+    data = _layers.full_resolution(layer)
     if tuple(data.shape) == _layers.spatial_shape(image):  # covers the whole image
         return np.array(data[region], dtype=np.int32)
     expected = _layers.placement(image, tuple(s.start for s in region))["translate"]

@@ -169,7 +169,7 @@ class Refinement:
         spec = self._models.spec()
         slide = self._images.slide(image_layer, spec)
         model, load = self._models.cached(spec)
-        data, rgb = _large_images.full_resolution(image_layer), bool(image_layer.rgb)
+        data, rgb = _layers.full_resolution(image_layer), bool(image_layer.rgb)
         config = self._config()
 
         def make_session() -> RefineSession:
