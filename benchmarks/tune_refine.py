@@ -31,7 +31,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from baselines import BASELINES  # noqa: E402
-from bench_data import class_space, ground_truth, load_sample  # noqa: E402
+from bench_data import CONSEP_TYPES, class_space, ground_truth, load_sample  # noqa: E402
 from evaluate import evaluate_method, instance_scores  # noqa: E402
 from ours import OursVariant, softmax_probabilities  # noqa: E402
 from problem import Problem  # noqa: E402
@@ -76,6 +76,8 @@ VARIANTS: dict[str, dict] = {
     "frozen-head": {"learning_rate": 1e-12, "max_iterations": 1},
     "type-spread": {"type_spread": True},
     "type-clf": {"type_classifier": True},
+    "no-type-clf": {"type_classifier": False},
+    "type-prior-0.05": {"type_prior_weight": 0.05},
     "free-types": {"free_types": True},
     "layers-2": {"n_layers": 2},
     "layers-3": {"n_layers": 3},
@@ -86,6 +88,14 @@ VARIANTS: dict[str, dict] = {
     "free-types-adam": {"free_types": True, "optimiser": "adam", "learning_rate": 0.03},
     "type-spread-0.8": {"type_spread": True, "type_spread_margin": 0.8},
     "type-spread-1.2": {"type_spread": True, "type_spread_margin": 1.2},
+    "keep-0.5": {"keep_weight": 0.5},
+    "adam-0.03-keep-0.5": {"optimiser": "adam", "learning_rate": 0.03, "keep_weight": 0.5},
+    "adam-0.03-it100-keep-0.5": {
+        "optimiser": "adam",
+        "learning_rate": 0.03,
+        "keep_weight": 0.5,
+        "max_iterations": 100,
+    },
     "crf-w10": {"crf_weight": 10.0},
     "crf-w6-it10": {"crf_weight": 6.0, "crf_iterations": 10},
     "crf-w6-r16": {"crf_weight": 6.0, "crf_radius": 16},
@@ -152,6 +162,20 @@ def stain_shift(image: np.ndarray, seed: int) -> np.ndarray:
     return np.clip(np.round(out * 255), 0, 255).astype(np.uint8)
 
 
+def as_two_types(sample):
+    """CoNSeP's types as PanNuke's two (``--two-types``): epithelial is Neoplastic, the rest not.
+
+    The training set's SOURCES.md maps them so; the model's classes then map to the two by
+    :func:`bench_data.class_space`, as on the test set's PanNuke images.
+    """
+    epithelial = int(next(k for k, v in CONSEP_TYPES.items() if v == "epithelial"))
+    types = sample.types.astype(np.int64)
+    two = np.where(types == epithelial, 1, np.where(types > 0, 2, 0)).astype(np.uint8)
+    return dataclasses.replace(
+        sample, types=two, type_names=["background", "Neoplastic", "Non-neoplastic"]
+    )
+
+
 def run_sample(group: str, folder: Path, args: argparse.Namespace, models: dict) -> dict:
     """Every variant and baseline with the robot on one sample."""
     sample = load_sample(folder)
@@ -159,6 +183,8 @@ def run_sample(group: str, folder: Path, args: argparse.Namespace, models: dict)
         sample = dataclasses.replace(
             sample, image=stain_shift(sample.image, sample_seed(sample.name, args.seed))
         )
+    if args.two_types and sample.types is not None:
+        sample = as_two_types(sample)
     if args.permute_types and sample.types is not None:
         n = len(sample.type_names) - 1  # the user's types are the model's, shifted by one
         types = sample.types.astype(np.int64)
@@ -265,6 +291,11 @@ def main(argv: list[str] | None = None) -> None:
         "--permute-types", action="store_true",
         help="shift the ground-truth types by one class (a model whose types mean another "
         "lab's classes: every type the model predicts is wrong)",
+    )  # fmt: skip
+    p.add_argument(
+        "--two-types", action="store_true",
+        help="score CoNSeP in PanNuke's two types (epithelial = Neoplastic, the rest not), "
+        "the model's classes mapped as on the test set",
     )  # fmt: skip
     p.add_argument("--out", type=Path, default=None, help="write the records and table here")
     args = p.parse_args(argv)

@@ -48,6 +48,7 @@ NEEDS = {
     "spread_confidence": "trust_region",
     "spread_margin": "trust_region",
     "type_spread_margin": "type_spread",
+    "type_prior_weight": "type_classifier",
 }
 """Settings that matter only when a switch is on (disabled while it is off)."""
 

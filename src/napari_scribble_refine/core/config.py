@@ -148,11 +148,15 @@ class RefineConfig:
         A nucleus takes a scribbled type when its distance to that type's scribbled nuclei
         is below this factor times its distance to its own class (head features).
     type_classifier : bool
-        Type strokes train a small per-image classifier on multiscale image features
-        that retypes the unscribbled nuclei of the scribbled types
-        (:mod:`~napari_scribble_refine.core.type_classifier`; for a model whose types are
-        another lab's); False keeps a type stroke to the nucleus it is drawn on. Needs
-        ``type_by_instance``.
+        Type strokes train a small per-image classifier on multiscale image features that
+        retypes the unscribbled nuclei looking like a stroke
+        (:mod:`~napari_scribble_refine.core.type_classifier`; a model whose types are
+        another lab's is corrected in a few strokes); False keeps a type stroke to the
+        nucleus it is drawn on. Needs ``type_by_instance``.
+    type_prior_weight : float
+        How much the network's own types of the unscribbled nuclei weigh against the type
+        strokes in that classifier (a share of one scribbled type; small: a nucleus that
+        looks like a stroke takes its type).
     crf_weight : float
         Strength of the edge-aware CRF applied after the trust region
         (:mod:`~napari_scribble_refine.core.edge_crf`): decisions follow the image's edges
@@ -198,7 +202,8 @@ class RefineConfig:
     free_types: bool = False
     type_spread: bool = False
     type_spread_margin: float = 1.0
-    type_classifier: bool = False
+    type_classifier: bool = True
+    type_prior_weight: float = 0.01
     crf_weight: float = 3.0
     crf_radius: int = 8
     crf_eps: float = 0.01
@@ -228,6 +233,7 @@ class RefineConfig:
             "spread_confidence": 0 <= self.spread_confidence <= 1,
             "spread_margin": self.spread_margin > 0,
             "type_spread_margin": self.type_spread_margin > 0,
+            "type_prior_weight": self.type_prior_weight > 0,
             "crf_weight": self.crf_weight >= 0,
             "crf_radius": self.crf_radius >= 1,
             "crf_eps": self.crf_eps > 0,
@@ -252,6 +258,7 @@ class RefineConfig:
             "spread_confidence": "a number in [0, 1]",
             "spread_margin": "a number > 0",
             "type_spread_margin": "a number > 0",
+            "type_prior_weight": "a number > 0",
             "crf_weight": "a number >= 0 (0: off)",
             "crf_radius": "an integer >= 1",
             "crf_eps": "a number > 0",
@@ -290,6 +297,7 @@ class RefineConfig:
             trust_region=False,
             type_by_instance=False,
             type_spread=False,
+            type_classifier=False,
             crf_weight=0.0,
         )
         return cls().replace(**{**plain, **changes})

@@ -31,7 +31,7 @@ from .objective import Anchored
 from .postprocess import instance_types, type_by_instance
 from .prediction import class_map_of, head_pieces
 from .trust_region import Describe, accepted_changes
-from .type_classifier import classify_types
+from .type_classifier import classify_types, feature_image, pixel_features
 from .type_spreading import spread_types
 
 __all__ = ["CRF_MAX_PIXELS", "FinalPrediction", "crf_applies"]
@@ -41,6 +41,10 @@ HEAD_CHUNK_PIXELS = 1 << 20
 
 CRF_MAX_PIXELS = 4096 * 4096
 """Larger images (slices) skip the edge-aware CRF: it holds several maps of the whole image."""
+
+TYPE_FEATURE_CACHE_PIXELS = 2048 * 2048
+"""Pixels (all slices together) whose type-classifier features are kept (36 float32 maps
+for RGB: 600 MB at 2048²); other slices compute them at the pixels wanted."""
 
 FINAL_CACHE_PIXELS = 4096 * 4096
 """Slices up to this size keep their final log-probabilities until the head changes."""
@@ -119,6 +123,7 @@ class FinalPrediction:
         self._accept: tuple[int, list[np.ndarray | None]] | None = None
         self._feature_stats: list[tuple[np.ndarray, np.ndarray]] = []
         self._final: tuple[int, dict[int, torch.Tensor]] = (-1, {})
+        self._type_feature_cache: dict[int, np.ndarray] = {}
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
@@ -133,6 +138,7 @@ class FinalPrediction:
         """Drop the cached features and final log-probabilities (the session closed)."""
         self.features = {}
         self._final = (-1, {})
+        self._type_feature_cache = {}
 
     def intensity_range(self) -> tuple[float, float]:
         """Return the image's robust intensity range, computed once.
@@ -321,6 +327,23 @@ class FinalPrediction:
         plane = plane.astype(np.float64)  # float16/32 images near their limits overflow
         return (plane - low) / (high - low)
 
+    def _type_features(self, index: int) -> Describe:
+        """Return the type classifier's pixel features of one slice at a mask's pixels.
+
+        Slices keep their whole feature image while the slices kept hold at most
+        :data:`TYPE_FEATURE_CACHE_PIXELS` pixels in all; the others compute it anew each
+        time, one feature map at a time.
+        """
+        cache = self._type_feature_cache
+        height, width = self.spatial_shape[-2:]
+        if index not in cache and (len(cache) + 1) * height * width > TYPE_FEATURE_CACHE_PIXELS:
+            plane = self._scaled_plane(index)
+            return lambda mask: pixel_features(plane, mask)
+        if index not in cache:
+            cache[index] = feature_image(self._scaled_plane(index))
+        cached = cache[index]
+        return lambda mask: cached[mask]
+
     def _guide(self, index: int) -> torch.Tensor:
         """Grey image [Y, X] of one slice scaled to about [0, 1] (the CRF's guide)."""
         plane = self._scaled_plane(index)
@@ -375,8 +398,9 @@ class FinalPrediction:
                 )
                 if cons.settings.type_classifier:
                     class_map[index] = classify_types(
-                        self._scaled_plane(index), labels[index], class_map[index],
-                        scribbles[index], seed=cons.settings.seed,
+                        self._type_features(index), labels[index], class_map[index],
+                        scribbles[index], prior_weight=cons.settings.type_prior_weight,
+                        seed=cons.settings.seed,
                     )  # fmt: skip
                 if cons.settings.type_spread:
                     class_map[index] = spread_types(
