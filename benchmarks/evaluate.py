@@ -90,8 +90,8 @@ def make_methods(
         "ours-no-grow": variant(ours_config(args, region_growing=False)),
         "ours-paper": variant(RefineConfig.paper(seed=args.seed, device="cpu")),
     }
-    if space.n_classes > 2:  # the default before the type classifier, reported, not judged
-        methods["ours-stroke-types"] = variant(ours_config(args, type_classifier=False))
+    if space.n_classes > 2:  # the switch for foreign types, reported, not judged
+        methods["ours-type-classifier"] = variant(ours_config(args, type_classifier=True))
     if all_weights and all_weights_eligible(sample):
         methods["ours-all-weights"] = _all_weights_factory(model, sample, space, model_probs, args)
     for name, (factory, requirement) in BASELINES.items():

@@ -7,8 +7,7 @@ each other's tuning:
 * ``ours``: the default config (region growing on), the product; the report's verdict
   judges this one;
 * ``ours-no-grow``: region growing off;
-* ``ours-stroke-types`` (typed samples only): ``type_classifier`` off, so a type stroke
-  retypes only the nucleus it is drawn on (the default before 2026-12-02's table K);
+* ``ours-type-classifier`` (typed samples only): the ``type_classifier`` switch on;
 * ``ours-paper``: the paper's plain Algorithm 1 (:meth:`RefineConfig.paper`: mean
   cross-entropy plus proximity, plain SGD, no pins, no trust region), an ablation;
 * ``ours-all-weights``: every weight of the network is tuned (BIFSeg-like, Wang et al.

@@ -10,7 +10,7 @@ STYLE = {
     "ours": ("tab:red", "-", "o"),
     "ours-no-grow": ("tab:orange", "-", "s"),
     "ours-paper": ("tab:pink", "-", "v"),
-    "ours-stroke-types": ("tab:red", "--", "o"),
+    "ours-type-classifier": ("tab:red", "--", "o"),
     "ours-all-weights": ("tab:brown", "-", "^"),
     "paint-only": ("tab:gray", "--", "."),
     "grow+paint": ("tab:olive", "--", "x"),

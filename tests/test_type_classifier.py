@@ -101,8 +101,8 @@ def test_feature_image_is_standardised_and_sees_the_square() -> None:
 
 
 def test_session_type_strokes_retype_unscribbled_look_alikes(model3, scene) -> None:
-    """With ``type_classifier`` (default) two type strokes retype the whole image; off, only
-    their nuclei.
+    """With ``type_classifier`` two type strokes retype the whole image; off, only their
+    nuclei.
 
     The network calls every disk class 1 (it never predicts class 2); the user says bright
     disks are class 2 and dim ones class 1, with one stroke on one disk of each kind.

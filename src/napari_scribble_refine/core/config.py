@@ -151,8 +151,9 @@ class RefineConfig:
         Type strokes train a small per-image classifier on multiscale image features that
         retypes the unscribbled nuclei looking like a stroke
         (:mod:`~napari_scribble_refine.core.type_classifier`; a model whose types are
-        another lab's is corrected in a few strokes); False keeps a type stroke to the
-        nucleus it is drawn on. Needs ``type_by_instance``.
+        another lab's is corrected in a few strokes, but where its types are right the
+        classifier moves some right nuclei); False keeps a type stroke to the nucleus it is
+        drawn on. Needs ``type_by_instance``.
     type_prior_weight : float
         How much the network's own types of the unscribbled nuclei weigh against the type
         strokes in that classifier (a share of one scribbled type; small: a nucleus that
@@ -202,7 +203,7 @@ class RefineConfig:
     free_types: bool = False
     type_spread: bool = False
     type_spread_margin: float = 1.0
-    type_classifier: bool = True
+    type_classifier: bool = False
     type_prior_weight: float = 0.01
     crf_weight: float = 3.0
     crf_radius: int = 8
