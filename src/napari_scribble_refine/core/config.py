@@ -155,7 +155,7 @@ class RefineConfig:
         classifier moves some right nuclei); False keeps a type stroke to the nucleus it is
         drawn on. Needs ``type_by_instance``.
     type_prior_weight : float
-        How much the network's own types of the unscribbled nuclei weigh against the type
+        How much the types the network gives the unscribbled nuclei weigh against the type
         strokes in that classifier (a share of one scribbled type; small: a nucleus that
         looks like a stroke takes its type).
     crf_weight : float
