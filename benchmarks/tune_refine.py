@@ -31,7 +31,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from baselines import BASELINES  # noqa: E402
-from bench_data import CONSEP_TYPES, class_space, ground_truth, load_sample  # noqa: E402
+from bench_data import CONSEP_TYPES, Sample, class_space, ground_truth, load_sample  # noqa: E402
 from evaluate import evaluate_method, instance_scores  # noqa: E402
 from ours import OursVariant, softmax_probabilities  # noqa: E402
 from problem import Problem  # noqa: E402
@@ -77,7 +77,6 @@ VARIANTS: dict[str, dict] = {
     "type-spread": {"type_spread": True},
     "type-clf": {"type_classifier": True},
     "no-type-clf": {"type_classifier": False},
-    "type-prior-0.05": {"type_prior_weight": 0.05},
     "free-types": {"free_types": True},
     "layers-2": {"n_layers": 2},
     "layers-3": {"n_layers": 3},
@@ -162,7 +161,7 @@ def stain_shift(image: np.ndarray, seed: int) -> np.ndarray:
     return np.clip(np.round(out * 255), 0, 255).astype(np.uint8)
 
 
-def as_two_types(sample):
+def as_two_types(sample: Sample) -> Sample:
     """CoNSeP's types as PanNuke's two (``--two-types``): epithelial is Neoplastic, the rest not.
 
     The training set's SOURCES.md maps them so; the model's classes then map to the two by

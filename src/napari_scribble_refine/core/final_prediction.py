@@ -336,11 +336,11 @@ class FinalPrediction:
         """
         cache = self._type_feature_cache
         height, width = self.spatial_shape[-2:]
-        if index not in cache and (len(cache) + 1) * height * width > TYPE_FEATURE_CACHE_PIXELS:
-            plane = self._scaled_plane(index)
-            return lambda mask: pixel_features(plane, mask)
         if index not in cache:
-            cache[index] = feature_image(self._scaled_plane(index))
+            plane = self._scaled_plane(index)
+            if (len(cache) + 1) * height * width > TYPE_FEATURE_CACHE_PIXELS:
+                return lambda mask: pixel_features(plane, mask)
+            cache[index] = feature_image(plane)
         cached = cache[index]
         return lambda mask: cached[mask]
 

@@ -168,17 +168,17 @@ def classify_types(
     lut[classes] = np.arange(classes.size)
     rng = np.random.default_rng(seed)
     prior = _spread_sample(free, rng)
-    stroke = np.logical_or.reduce([_spread_sample(typed == c, rng) for c in classes])
-    feats = describe(stroke | free)  # stroke and free pixels do not overlap
+    taught = np.logical_or.reduce([_spread_sample(typed == c, rng) for c in classes])
+    feats = describe(taught | free)  # stroke and free pixels do not overlap
     index = np.full(free.shape, -1, dtype=np.int64)
-    index[stroke | free] = np.arange(len(feats))
-    y_stroke = lut[typed[stroke]]
+    index[taught | free] = np.arange(len(feats))
+    y_stroke = lut[typed[taught]]
     y_prior = lut[class_map[prior]]
     counts = np.bincount(y_stroke, minlength=keep + 1), np.bincount(y_prior, minlength=keep + 1)
     weight = np.concatenate([1.0 / counts[0][y_stroke], prior_weight / counts[1][y_prior]]).astype(
         np.float32
     )
-    x = np.concatenate([feats[index[stroke]], feats[index[prior]]])
+    x = np.concatenate([feats[index[taught]], feats[index[prior]]])
     net = _fit(
         x, np.concatenate([y_stroke, y_prior]), weight / weight.sum(), keep + 1, steps, hidden,
         seed,
