@@ -77,6 +77,7 @@ VARIANTS: dict[str, dict] = {
     "type-spread": {"type_spread": True},
     "type-clf": {"type_classifier": True},
     "no-type-clf": {"type_classifier": False},
+    "grow-intensity": {"grow_similar": False},
     "free-types": {"free_types": True},
     "layers-2": {"n_layers": 2},
     "layers-3": {"n_layers": 3},
@@ -111,7 +112,12 @@ VARIANTS: dict[str, dict] = {
 
 BASES: dict[str, dict] = {
     "current": {},
-    "before-tuning": {"spread": True, "trust_reach": 1.0, "local_similar": False},
+    "before-tuning": {
+        "spread": True,
+        "trust_reach": 1.0,
+        "local_similar": False,
+        "grow_similar": False,
+    },
 }
 """Settings the variants change: today's defaults, or those before the tuning of
 2026-12-01 (sweeps A and B of ``benchmarks/notes.md`` ran from them)."""
@@ -252,6 +258,9 @@ def summarise(records: list[dict], k: int) -> dict:
                 row["class@0"] = float(np.nanmean([r["class_dice"][0] for r in runs]))
                 row["class@1"] = float(np.nanmean([r["class_dice"][1] for r in runs]))
                 row[f"class@{k}"] = float(np.nanmean(cls))
+                curves = np.array([r["class_dice"][: k + 1] for r in runs], dtype=float)
+                steps = np.diff(curves, axis=1)
+                row["class_lose>0.02"] = float(np.mean(steps[np.isfinite(steps)] < -0.02))
             out.setdefault(group, {})[name] = {
                 key: round(float(v), 4) if isinstance(v, float | np.floating) else v
                 for key, v in row.items()

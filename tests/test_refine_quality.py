@@ -192,3 +192,26 @@ def test_keep_term_is_flat_at_the_anchor_and_pulls_a_drifted_head_back(model2, s
     )
     assert losses[-1] < 0.5 * losses[0]
     assert after < drifted
+
+
+def test_grown_pixels_that_look_like_the_class_they_leave_are_dropped(model3, scene):
+    """``grow_similar``: a stroke correcting a bright disk grows over the disk, not the
+    background around it, though the intensity threshold would let it flood both."""
+    image, kinds = scene
+    bright, _ = disk_labels(kinds, 1)
+    disk = bright == 1
+    cy, cx = (int(v) for v in np.argwhere(disk).mean(0))
+    scribbles = np.zeros(kinds.shape, np.uint8)
+    scribbles[cy - 1 : cy + 2, cx - 1 : cx + 2] = 3  # class 2 where the network says 1
+    base = RefineConfig(
+        device="cpu", grow_threshold=2.0, grow_max_distance=12, grow_cap=0, grow_similar=False
+    )
+    session = RefineSession(model3, image, base)
+    assert fraction(session.predict(), disk, 1) > 0.9
+    flooded, _ = session.prepare_scribbles(scribbles)
+    kept, _ = session.prepare_scribbles(scribbles, base.replace(grow_similar=True))
+    outside = (kinds == 0) & (session.predict() == 0)
+    assert (flooded[outside] == 3).sum() > 100  # intensity alone floods the background
+    assert (kept[outside] == 3).sum() <= 0.05 * (flooded[outside] == 3).sum()
+    core = ndimage.binary_erosion(disk, iterations=2)  # the rim's features are mixed
+    assert fraction(flooded, core, 3) == 1.0 and fraction(kept, core, 3) > 0.95

@@ -42,6 +42,7 @@ NEEDS = {
     "grow_max_distance": "region_growing",
     "grow_cap": "region_growing",
     "grown_weight": "region_growing",
+    "grow_similar": "region_growing",
     "trust_reach": "trust_region",
     "local_similar": "trust_region",
     "spread": "trust_region",

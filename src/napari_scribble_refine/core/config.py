@@ -106,6 +106,9 @@ class RefineConfig:
         Each connected stroke may grow by at most this many times its own pixel count
         (0: no cap). Keeps a background stroke on a flat region from turning into
         thousands of pixels that outweigh everything else.
+    grow_similar : bool
+        Grown pixels that would change the class keep their stroke only where the head
+        features are nearer the pixels the stroke corrected than the class they leave.
     pin_scribbles : bool
         Show every scribbled pixel (after region growing) as its scribbled class in the
         prediction that refinement leaves, whether or not the tuned head predicts it so.
@@ -192,6 +195,7 @@ class RefineConfig:
     grow_threshold: float = 0.05
     grow_max_distance: int = 10
     grow_cap: float = 2.0
+    grow_similar: bool = True
     pin_scribbles: bool = True
     trust_region: bool = True
     trust_reach: float = 0.5
@@ -293,6 +297,7 @@ class RefineConfig:
             optimiser="sgd",
             class_balanced=False,
             grown_weight=1.0,
+            grow_similar=False,
             keep_weight=0.0,
             pin_scribbles=False,
             trust_region=False,

@@ -30,7 +30,7 @@ from .models.base import Features, SegmentationModel
 from .objective import Anchored
 from .postprocess import instance_types, type_by_instance
 from .prediction import class_map_of, head_pieces
-from .trust_region import Describe, accepted_changes
+from .trust_region import Describe, accepted_changes, nearer_correction
 from .type_classifier import classify_types, feature_image, pixel_features
 from .type_spreading import spread_types
 
@@ -241,6 +241,45 @@ class FinalPrediction:
                     means.append(per_class)
             self._before = (anchor, maps, means)
         return self._before[1], self._before[2]
+
+    def similar_growth(self, painted: np.ndarray, grown: np.ndarray) -> np.ndarray:
+        """Drop the grown pixels that change a class but look like the class they leave.
+
+        A grown pixel of class c where the pre-trained head says another class o stays
+        only when its head features are nearer the mean of the painted pixels of c that
+        correct the pre-trained head than o's (o's painted pixels, else its mean).
+
+        Parameters
+        ----------
+        painted, grown : numpy.ndarray
+            Scribbles of the image's spatial shape before and after region growing.
+
+        Returns
+        -------
+        numpy.ndarray
+            A new scribble array: ``grown`` less the dropped pixels.
+        """
+        out = np.array(grown, copy=True)
+        planes = out if self.image_info.is_3d else out[None]
+        painted_planes = painted if self.image_info.is_3d else painted[None]
+        before, means = self._pretrained_maps()
+        for index in range(self._n_slices()):
+            plane, own = planes[index], painted_planes[index]
+            changing = (plane > 0) & (own == 0) & (plane - 1 != before[index])
+            if not changing.any():
+                continue
+            describe = self._describe(index)
+            for c in np.unique(plane[changing]) - 1:
+                rows = changing & (plane == c + 1)
+                corrected = (own == c + 1) & (before[index] != c)
+                if not corrected.any():
+                    continue
+                keep = nearer_correction(
+                    describe(rows).T, before[index][rows], describe(corrected).mean(1),
+                    own, describe, means[index], margin=1.0, unknown=True,
+                )  # fmt: skip
+                plane[rows] = np.where(keep, c + 1, 0)
+        return out
 
     def _accept_masks(self) -> list[np.ndarray | None]:
         """Per slice, where the trust region keeps the tuned head (None: everywhere)."""

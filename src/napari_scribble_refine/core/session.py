@@ -462,6 +462,8 @@ class RefineSession(SessionSaving):
             intensity_range=self._final_prediction.intensity_range(),
             max_grown_ratio=cfg.grow_cap or None,
         )
+        if cfg.grow_similar:
+            grown = self._final_prediction.similar_growth(clean, grown)
         return grown, grown
 
     def refine(

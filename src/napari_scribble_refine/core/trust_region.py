@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["Describe", "accepted_changes", "region_means"]
+__all__ = ["Describe", "accepted_changes", "nearer_correction", "region_means"]
 
 Describe = Callable[[np.ndarray], np.ndarray]
 """Maps a (Y, X) bool mask to the (F, k) standardised features of its k pixels."""
@@ -55,7 +55,7 @@ def _bounding_box(mask: np.ndarray) -> tuple[slice, slice]:
     return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
 
 
-def _nearer_correction(
+def nearer_correction(
     values: np.ndarray,
     old: np.ndarray,
     proto_new: np.ndarray,
@@ -189,7 +189,7 @@ def accepted_changes(
                 box = _bounding_box(local | strokes)
                 local[box] &= _stroke_reach(strokes[box], reach, min_reach)
             if local_similar and local.any() and describe is not None and corrected.any():
-                local[local] = _nearer_correction(
+                local[local] = nearer_correction(
                     describe(local).T, before[local], describe(corrected).mean(1),
                     scribbles, describe, class_means, margin=1.0, unknown=True,
                 )  # fmt: skip
@@ -200,7 +200,7 @@ def accepted_changes(
         if far.size == 0:
             continue
         old_class = np.asarray(ndi.median(before, lab, far), dtype=np.int64)
-        keep = _nearer_correction(
+        keep = nearer_correction(
             region_means(describe, lab, far), old_class, describe(corrected).mean(1),
             scribbles, describe, class_means, margin=margin, unknown=False,
         )  # fmt: skip
