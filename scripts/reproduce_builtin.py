@@ -42,7 +42,11 @@ STAGES: dict[str, list[list[str]]] = {
 
 #: The real-data stages (``train_real.py``), each from the previous stage's weights.
 REAL_STAGES: dict[str, list[list[str]]] = {
-    "hovernet-fluo": [["--steps", "1500"], ["--steps", "1500", "--lr", "3e-4", "--stage", "2"]],
+    "hovernet-fluo": [
+        ["--steps", "1500"],
+        ["--steps", "1500", "--lr", "3e-4", "--stage", "2"],
+        ["--steps", "1500", "--lr", "2e-4", "--stage", "3"],
+    ],
     "hovernet-he": [
         ["--steps", "1300"],
         ["--steps", "600", "--lr", "5e-4", "--stain", "strong", "--stage", "2",
