@@ -36,7 +36,7 @@ def test_predict_writes_classes_and_instances(tmp_path):
     assert classes.shape == instances.shape == (96, 96)
     assert set(np.unique(classes)) <= {0, 1} and classes.any()
     assert not (instances > 0)[classes == 0].any()
-    # every nucleus pixel is in an instance, but for specks HoVer-Net's rule drops
+    # every nucleus pixel is in an instance, except specks HoVer-Net's rule drops
     specks, _ = ndi.label(classes > 0)  # 4-connected, as the rule labels them
     sizes = np.bincount(specks.ravel())
     missed = (classes > 0) & (instances == 0)

@@ -446,7 +446,8 @@ class RefineSession(SessionSaving):
         Returns
         -------
         used : numpy.ndarray
-            The scribbles the loss runs over (grown when region growing is on).
+            The scribbles the loss runs over (grown when region growing is on, less the
+            grown pixels that fail the feature check of ``grow_similar``).
         grown : numpy.ndarray or None
             The grown scribbles, or None when growing is off.
         """
