@@ -712,7 +712,8 @@ def write_report(results: dict, path: Path, plots: list[Path]) -> None:
         "features) is listed apart. AJI and PQ use the same distance-watershed "
         "instances for every method; for ours, the AJI of the model's own instances (HoVer-Net's "
         'HV watershed) at k = K is added as "own".',
-        "- Methods: `ours` (head-only fine-tuning with region growing, then the trust region, "
+        "- Methods: `ours` (head-only fine-tuning with region growing checked against the "
+        "head's features, then the trust region, "
         "the edge-aware CRF and one class per nucleus, scribbles pinned; the default "
         "`RefineConfig`, the product, and the only row the verdict judges), `ours-no-grow`, "
         "`ours-paper` (the paper's plain "
