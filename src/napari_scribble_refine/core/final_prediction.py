@@ -30,7 +30,7 @@ from .models.base import Features, SegmentationModel
 from .objective import Anchored
 from .postprocess import instance_types, type_by_instance
 from .prediction import class_map_of, head_pieces
-from .trust_region import Describe, accepted_changes, nearer_correction
+from .trust_region import Describe, accepted_changes, like_corrected
 from .type_classifier import classify_types, feature_image, pixel_features
 from .type_spreading import spread_types
 
@@ -271,13 +271,7 @@ class FinalPrediction:
             describe = self._describe(index)
             for c in np.unique(plane[changing]) - 1:
                 rows = changing & (plane == c + 1)
-                corrected = (own == c + 1) & (before[index] != c)
-                if not corrected.any():
-                    continue
-                keep = nearer_correction(
-                    describe(rows).T, before[index][rows], describe(corrected).mean(1),
-                    own, describe, means[index], margin=1.0, unknown=True,
-                )  # fmt: skip
+                keep = like_corrected(rows, c, before[index], own, describe, means[index])
                 plane[rows] = np.where(keep, c + 1, 0)
         return out
 

@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["Describe", "accepted_changes", "nearer_correction", "region_means"]
+__all__ = ["Describe", "accepted_changes", "like_corrected", "region_means"]
 
 Describe = Callable[[np.ndarray], np.ndarray]
 """Maps a (Y, X) bool mask to the (F, k) standardised features of its k pixels."""
@@ -55,7 +55,7 @@ def _bounding_box(mask: np.ndarray) -> tuple[slice, slice]:
     return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
 
 
-def nearer_correction(
+def _nearer_correction(
     values: np.ndarray,
     old: np.ndarray,
     proto_new: np.ndarray,
@@ -102,6 +102,43 @@ def nearer_correction(
         d_old = np.linalg.norm(values[rows] - proto_old, axis=1)
         keep[rows] = d_new < margin * d_old
     return keep
+
+
+def like_corrected(
+    mask: np.ndarray,
+    c: int,
+    before: np.ndarray,
+    scribbles: np.ndarray,
+    describe: Describe,
+    class_means: Mapping[int, np.ndarray],
+) -> np.ndarray:
+    """Which pixels of a mask look more like what class c's strokes corrected than their old class.
+
+    Parameters
+    ----------
+    mask : numpy.ndarray
+        (Y, X) bool: the pixels asked about.
+    c : int
+        The class they would take.
+    before : numpy.ndarray
+        (Y, X) the pre-trained classes.
+    scribbles, describe, class_means
+        As for :func:`accepted_changes`; the corrected pixels are those of class c's
+        strokes where ``before`` is not c.
+
+    Returns
+    -------
+    numpy.ndarray
+        bool (k,) for the mask's k pixels in row-major order; all True when c's strokes
+        corrected nothing (there is no reference to test against).
+    """
+    corrected = (scribbles == c + 1) & (before != c)
+    if not corrected.any():
+        return np.ones(int(np.count_nonzero(mask)), dtype=bool)
+    return _nearer_correction(
+        describe(mask).T, before[mask], describe(corrected).mean(1),
+        scribbles, describe, class_means, margin=1.0, unknown=True,
+    )  # fmt: skip
 
 
 def region_means(describe: Describe, lab: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -188,11 +225,8 @@ def accepted_changes(
             if local.any():  # the reach is needed only where local changes are
                 box = _bounding_box(local | strokes)
                 local[box] &= _stroke_reach(strokes[box], reach, min_reach)
-            if local_similar and local.any() and describe is not None and corrected.any():
-                local[local] = nearer_correction(
-                    describe(local).T, before[local], describe(corrected).mean(1),
-                    scribbles, describe, class_means, margin=1.0, unknown=True,
-                )  # fmt: skip
+            if local_similar and local.any() and describe is not None:
+                local[local] = like_corrected(local, c, before, scribbles, describe, class_means)
             accept |= local
         if not spread or describe is None or not corrected.any():
             continue
@@ -200,7 +234,7 @@ def accepted_changes(
         if far.size == 0:
             continue
         old_class = np.asarray(ndi.median(before, lab, far), dtype=np.int64)
-        keep = nearer_correction(
+        keep = _nearer_correction(
             region_means(describe, lab, far), old_class, describe(corrected).mean(1),
             scribbles, describe, class_means, margin=margin, unknown=False,
         )  # fmt: skip
