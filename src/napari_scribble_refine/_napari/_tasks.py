@@ -188,6 +188,10 @@ def predict(
     Outcome
         Prediction and instances.
     """
+    # napari's layers import pandas when the first one is made (0.3 s): here, off the GUI
+    # thread, so the first output layer does not freeze the viewer for it
+    import pandas  # noqa: F401
+
     session = session if session is not None else make_session()
     session.predict()
     return _outcome(session, "Prediction ready")
