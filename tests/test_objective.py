@@ -266,64 +266,93 @@ def test_anchored_swaps_in_the_anchor_weights_and_restores_the_head():
 
 
 def _spatial_case() -> tuple[np.ndarray, np.ndarray]:
-    """Scribbles in three 8 x 8 cells of the first of two 20 x 20 slices; none in the second."""
+    """Three scribbled pixels in the first of two 20 x 20 slices (one on the right edge)."""
     targets = np.full((2, 20, 20), IGNORE, np.int64)
-    targets[0, 2, 3] = 1  # cell (0, 0)
-    targets[0, 8, 3] = 2  # cell (1, 0): inside cell (0, 0)'s halo, counted in its own only
-    targets[0, 10, 18] = 0  # cell (1, 2), at the ragged right edge
+    targets[0, 2, 3] = 1
+    targets[0, 8, 3] = 2
+    targets[0, 10, 19] = 0  # on the right edge: part of its neighbourhood is outside
     weights = np.zeros(targets.shape, np.float32)
-    weights[0, 2, 3], weights[0, 8, 3], weights[0, 10, 18] = 0.5, 0.25, 0.25
+    weights[0, 2, 3], weights[0, 8, 3], weights[0, 10, 19] = 0.5, 0.25, 0.25
     return targets, weights
 
 
-def test_spatial_batches_are_grid_cells_grown_by_the_halo_with_the_loss_in_the_core(monkeypatch):
-    monkeypatch.setattr(objective, "CROP_CORE", 8)
+def _whole_logits(model: TorchModuleModel, features: dict) -> torch.Tensor:
+    with torch.no_grad():
+        return model.head(features)
+
+
+def test_spatial_batches_are_scribbled_pixels_with_their_halo_and_count_the_centres():
     model = _spatial()
     features = _features("trunk", (2, 4, 20, 20))
     targets, weights = _spatial_case()
-    batches = build_batches(model, features, targets, weights)
-    # cells (0..8, 0..8), (8..16, 0..8), (8..16, 16..20), each grown by 1 inside the image
-    crops = [(0, 9, 0, 9), (7, 17, 0, 9), (7, 17, 15, 20)]
-    scribbled = [((2, 3), 1, 0.5), ((1, 3), 2, 0.25), ((3, 3), 0, 0.25)]
-    assert len(batches) == 3
-    for batch, (ya, yb, xa, xb), ((y, x), label, share) in zip(
-        batches, crops, scribbled, strict=True
-    ):
-        torch.testing.assert_close(batch.features["trunk"], features["trunk"][0:1, :, ya:yb, xa:xb])
-        expected = np.full((1, yb - ya, xb - xa), IGNORE)
-        expected[0, y, x] = label
-        np.testing.assert_array_equal(batch.target.numpy(), expected)
-        expected_share = np.zeros(expected.shape, np.float32)
-        expected_share[0, y, x] = share
-        np.testing.assert_array_equal(batch.weight.numpy(), expected_share)
-        assert batch.keep is None and batch.keep_share is None
-    assert batches[0].target[0, 8, 3] == IGNORE  # the halo does not count
+    (batch,) = build_batches(model, features, targets, weights)
+    assert batch.centres and batch.keep is None and batch.keep_share is None
+    patches = batch.features["trunk"]
+    assert patches.shape == (3, 4, 3, 3)
+    full = features["trunk"]
+    torch.testing.assert_close(patches[0], full[0, :, 1:4, 2:5])
+    torch.testing.assert_close(patches[1], full[0, :, 7:10, 2:5])
+    torch.testing.assert_close(patches[2, :, :, :2], full[0, :, 9:12, 18:20])
+    assert not patches[2, :, :, 2].any()  # outside the image: 0, like the head's padding
+    np.testing.assert_array_equal(batch.target.numpy()[:, 0, 0], [1, 2, 0])
+    np.testing.assert_array_equal(batch.weight.numpy()[:, 0, 0], [0.5, 0.25, 0.25])
+    # the head's output at each centre is its output at that pixel of the whole slice
+    with torch.no_grad():
+        centres = objective.centre_logits(model, batch.features)
+    assert centres.shape == (3, 3, 1, 1)
+    whole = _whole_logits(model, features)
+    for i, (y, x) in enumerate([(2, 3), (8, 3), (10, 19)]):
+        torch.testing.assert_close(centres[i, :, 0, 0], whole[0, :, y, x])
     assert all(b.weight is None for b in build_batches(model, features, targets))
 
 
-def test_spatial_keep_term_covers_the_unscribbled_core_pixels(monkeypatch):
-    monkeypatch.setattr(objective, "CROP_CORE", 8)
+def test_a_head_that_cannot_drop_its_padding_gives_its_centre_output():
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1, stride=1),
+        nn.AvgPool2d(3, stride=1, padding=1), nn.Conv2d(4, 3, 1),
+    )  # fmt: skip
+    model = TorchModuleModel(net, CLASSES, n_layers=2)  # the second conv, the pool, the last
+    halo = model.head_halo  # an upper bound: the pool counts its whole kernel
+    assert not model.head_is_pointwise and halo >= 2
+    features = _features("trunk", (1, 4, 20, 20))
+    items = objective.pixel_patches(features, np.array([0]), np.array([9]), np.array([10]), halo)
+    with torch.no_grad():
+        centre = objective.centre_logits(model, items)
+    assert centre.shape == (1, 3, 1, 1)
+    torch.testing.assert_close(centre[0, :, 0, 0], _whole_logits(model, features)[0, :, 9, 10])
+    assert model.head_module[0].padding == (1, 1)  # left as it was
+    # a head of plain convolutions runs without padding: one output per item
+    plain = _spatial()
+    with objective._valid_convolutions(plain.head_module):
+        out = plain.head(objective.pixel_patches(features, [0], [9], [10], 1))
+    assert out.shape == (1, 3, 1, 1) and plain.head_module[0].padding == (1, 1)
+
+
+def test_spatial_keep_term_samples_pixels_with_their_halo_and_counts_the_centre(monkeypatch):
+    monkeypatch.setattr(objective, "SPATIAL_KEEP_SAMPLES", 50)
     model = _spatial()
     before = _params(model)
     features = _features("trunk", (2, 4, 20, 20))
     targets, weights = _spatial_case()
-    batches = build_batches(
-        model, features, targets, weights, keep_weight=0.5, anchor=_zero_anchor(model)
-    )
+    batches = build_batches(model, features, targets, weights, keep_weight=0.5, seed=3)
     _assert_params(model, before)
-    total = (64 - 1) + (64 - 1) + (32 - 1)  # unscribbled core pixels of the three cells
-    first = batches[0].keep_share.numpy()
-    assert first.shape == (1, 9, 9)
-    assert first[0, 0, 0] == pytest.approx(0.5 / total)
-    assert first[0, 2, 3] == 0  # scribbled
-    assert first[0, 8, 0] == 0  # halo
-    third = batches[2].keep_share.numpy()
-    assert third[0, 0, 2] == 0 and third[0, 1, 1] == pytest.approx(0.5 / total)
-    assert sum(float(b.keep_share.sum()) for b in batches) == pytest.approx(0.5, rel=1e-5)
-    for batch in batches:  # the zero anchor's log-probabilities
-        torch.testing.assert_close(
-            batch.keep, torch.full((1, 3, *batch.target.shape[1:]), -float(np.log(3.0)))
-        )
+    assert len(batches) == 2 and batches[0].keep is None
+    keep = batches[1]
+    assert keep.centres and keep.features["trunk"].shape == (50, 4, 3, 3)
+    assert (keep.target == IGNORE).all() and keep.target.shape == (50, 1, 1)
+    np.testing.assert_allclose(keep.keep_share.numpy(), 0.01)  # 0.5 over 50 pixels
+    # the same sample, drawn as the keep term draws it: unscribbled pixels, any slice
+    free = np.flatnonzero(targets.reshape(-1) < 0)
+    chosen = np.sort(np.random.default_rng(3).choice(free, size=50, replace=False))
+    z, y, x = np.unravel_index(chosen, targets.shape)
+    assert (targets[z, y, x] == IGNORE).all() and set(z) == {0, 1}
+    whole = _whole_logits(model, features).float().log_softmax(1)
+    torch.testing.assert_close(keep.keep[:, :, 0, 0], whole[z, :, y, x])
+    anchored = build_batches(
+        model, features, targets, weights, keep_weight=0.5, seed=3, anchor=_zero_anchor(model)
+    )[-1]
+    torch.testing.assert_close(anchored.keep, torch.full((50, 3, 1, 1), -float(np.log(3.0))))
     nothing = np.full((2, 20, 20), IGNORE, np.int64)
     assert build_batches(model, features, nothing, keep_weight=2.0) == []
 
@@ -518,33 +547,20 @@ def test_pointwise_keep_batch_uses_the_seed_and_anchor_given_default_seed_zero(m
     assert not torch.equal(other.features["trunk"], seeded.features["trunk"])
 
 
-def test_spatial_slices_with_only_background_scribbles_count_and_empty_ones_are_skipped(
-    monkeypatch,
-):
-    monkeypatch.setattr(objective, "CROP_CORE", 8)
+def test_spatial_slices_with_only_background_scribbles_count():
     model = _spatial()
     features = _features("trunk", (3, 4, 20, 20))
     targets = np.full((3, 20, 20), IGNORE, np.int64)  # slice 0: nothing
-    targets[1, 3, 10] = 0  # slice 1: background only, in the middle column of cells
-    targets[2, 19, 19] = 0  # slice 2: background only, in the last cell
+    targets[1, 3, 10] = 0  # slice 1: background only
+    targets[2, 19, 19] = 0  # slice 2: background only, in the corner
     weights = np.where(targets >= 0, 0.5, 0.0).astype(np.float32)
-    batches = build_batches(model, features, targets, weights)
-    assert len(batches) == 2
-    middle, last = batches
-    # cell (0..8, 8..16) grown by 1: rows 0..9, columns 7..17
-    torch.testing.assert_close(middle.features["trunk"], features["trunk"][1:2, :, 0:9, 7:17])
-    expected = np.full((1, 9, 10), IGNORE)
-    expected[0, 3, 3] = 0
-    np.testing.assert_array_equal(middle.target.numpy(), expected)
-    assert middle.weight.dtype == torch.float32
-    assert float(middle.weight[0, 3, 3]) == 0.5 and float(middle.weight.sum()) == 0.5
-    keep = build_batches(model, features, targets, weights, keep_weight=1.0)[0].keep_share
-    assert keep.shape == (1, 9, 10)
-    assert float(keep[0, 0, 8]) > 0 and float(keep[0, 0, 9]) == 0  # core, then right halo
-    assert float(keep[0, 0, 1]) > 0 and float(keep[0, 0, 0]) == 0  # core, then left halo
-    # cell (16..20, 16..20) grown by 1 inside the image: rows and columns 15..20
-    torch.testing.assert_close(last.features["trunk"], features["trunk"][2:3, :, 15:20, 15:20])
-    assert last.target.shape == (1, 5, 5) and int(last.target[0, 4, 4]) == 0
+    (batch,) = build_batches(model, features, targets, weights)
+    torch.testing.assert_close(batch.features["trunk"][0], features["trunk"][1, :, 2:5, 9:12])
+    torch.testing.assert_close(
+        batch.features["trunk"][1, :, :2, :2], features["trunk"][2, :, 18:, 18:]
+    )
+    np.testing.assert_array_equal(batch.target.numpy()[:, 0, 0], [0, 0])
+    assert float(batch.weight.sum()) == 1.0
 
 
 def test_opaque_batches_take_one_slice_each_and_the_anchor_for_the_keep_term():

@@ -533,24 +533,32 @@ def test_tiled_trunk_equals_untiled(model2, config):
     np.testing.assert_array_equal(tiled.predict(), whole.predict())
 
 
-def test_spatial_head_trains_on_crops_with_the_same_loss(unet2, scene, config):
+def test_spatial_head_trains_on_pixel_items_with_the_same_loss(unet2, scene, config):
     image, kinds = scene
     model = TorchModuleModel(
         unet2, ["background", "nucleus"], head=["dec", "final"], size_multiple=2
     )
     assert model.trunk_is_cached and not model.head_is_pointwise and model.head_halo >= 1
-    from napari_scribble_refine.core.objective import build_batches, scribble_targets
+    from napari_scribble_refine.core.objective import (
+        build_batches,
+        centre_logits,
+        scribble_targets,
+    )
 
     session = RefineSession(model, image, config)
     scribbles = _dim_as_background(kinds, [0, 1])
     targets = scribble_targets(scribbles)[None]
     batches = build_batches(session.model, session.features, targets)
-    assert all(b.features["trunk"].shape[-1] <= 128 + 2 * model.head_halo for b in batches)
+    side = 2 * model.head_halo + 1
+    assert all(b.centres and b.features["trunk"].shape[-2:] == (side, side) for b in batches)
     with torch.no_grad():
         crop_sum = sum(
             float(
                 torch.nn.functional.cross_entropy(
-                    session.model.head(b.features), b.target, ignore_index=-1, reduction="sum"
+                    centre_logits(session.model, b.features),
+                    b.target,
+                    ignore_index=-1,
+                    reduction="sum",
                 )
             )
             for b in batches

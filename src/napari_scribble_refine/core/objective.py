@@ -6,8 +6,10 @@ Three ways to present scribbled pixels to the head, chosen by the adapter's geom
   gathered into one row ``[1, F, 1, P]`` (a point-wise head treats every pixel alone, so
   any arrangement of pixels is a valid input, and a contiguous row is the fastest layout
   for 1x1 convolutions on the CPU); the cost grows with scribbled pixels, not image size;
-* spatial head on cached features: square crops around the scribbles, each grown by the
-  head's halo, with the loss counted only in each crop's core (so every pixel once);
+* spatial head on cached features: each scribbled pixel with the features its output
+  depends on (its ``(2 halo + 1)²`` neighbourhood), as one item of a batch whose outputs
+  count at the centres only; a head of plain convolutions then runs them without padding,
+  so each item costs one output pixel (:func:`centre_logits`);
 * opaque model: each scribbled slice in full (a whole forward per step).
 
 The loss is a weighted cross-entropy over the scribbled pixels (see :func:`pixel_weights`):
@@ -17,8 +19,8 @@ and pixels added by region growing count ``grown_weight`` times a stroke pixel. 
 
 With ``keep_weight > 0`` a second term keeps the prediction of unscribbled pixels near the
 pre-trained head's: the mean KL divergence from its probabilities, over a random sample of
-the image's unscribbled pixels (point-wise heads) or over the unscribbled pixels of the
-training crops or slices (spatial heads, opaque models). It is a proximity in
+the image's unscribbled pixels (each with its neighbourhood for spatial heads) or over the
+unscribbled pixels of the scribbled slices (opaque models). It is a proximity in
 function space next to the paper's proximity in weight space: without it, strokes of a single
 class (the usual case for a robot or a user correcting one kind of error) are satisfied
 fastest by shifting the head's bias, which flips the whole image to that class.
@@ -26,16 +28,18 @@ fastest by shifting the head's bias, which flips the whole image to that class.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .config import RefineConfig
 from .history import Anchor
 from .models.base import Features, SegmentationModel
-from .tiling import crop_features, tile_ranges
 
 __all__ = [
     "IGNORE",
@@ -50,8 +54,11 @@ __all__ = [
 IGNORE = -1
 """Target value of unscribbled pixels (the loss's ``ignore_index``)."""
 
-CROP_CORE = 128
-"""Side of the grid cells that spatial heads train on (each grown by the head's halo)."""
+SPATIAL_KEEP_SAMPLES = 1024
+"""Unscribbled pixels (each with its halo) sampled for a spatial head's keep term."""
+
+PATCH_CHUNK = 4096
+"""Most scribbled pixels presented to a spatial head at once (each with its halo)."""
 
 POINT_CHUNK = 262_144
 """Most scribbled pixels presented to a point-wise head at once."""
@@ -78,6 +85,9 @@ class Batch:
         (the keep term), or None.
     keep_share : torch.Tensor or None
         Float [N, h, w]: each pixel's share of the keep term (with ``keep``).
+    centres : bool
+        The features are :func:`pixel_patches` items: the head's output counts at their
+        centres only (:func:`centre_logits`; targets and shares are [P, 1, 1]).
     """
 
     features: Features
@@ -85,6 +95,7 @@ class Batch:
     weight: torch.Tensor | None = None
     keep: torch.Tensor | None = None
     keep_share: torch.Tensor | None = None
+    centres: bool = False
 
 
 def scribble_targets(scribbles: np.ndarray) -> np.ndarray:
@@ -205,44 +216,25 @@ def build_batches(
                 batches.append(keep)
         return batches
 
-    cores: list[np.ndarray] = []  # where each dense batch's loss counts
     if model.trunk_is_cached:
-        halo = int(model.head_halo)
-        height, width = targets.shape[1:]
-        for index in range(targets.shape[0]):
-            plane = targets[index]
-            if not (plane >= 0).any():
-                continue
-            for y0, y1 in tile_ranges(height, CROP_CORE):
-                for x0, x1 in tile_ranges(width, CROP_CORE):
-                    core = plane[y0:y1, x0:x1]
-                    if not (core >= 0).any():
-                        continue
-                    ya, yb = max(0, y0 - halo), min(height, y1 + halo)
-                    xa, xb = max(0, x0 - halo), min(width, x1 + halo)
-                    target = np.full((yb - ya, xb - xa), IGNORE, dtype=np.int64)
-                    target[y0 - ya : y1 - ya, x0 - xa : x1 - xa] = core
-                    share = None
-                    if weights is not None:
-                        share_np = np.zeros(target.shape, dtype=np.float32)
-                        share_np[y0 - ya : y1 - ya, x0 - xa : x1 - xa] = weights[
-                            index, y0:y1, x0:x1
-                        ]
-                        share = torch.as_tensor(share_np, device=device)[None]
-                    crop = crop_features(features, index, slice(ya, yb), slice(xa, xb))
-                    core_mask = np.zeros(target.shape, dtype=bool)
-                    core_mask[y0 - ya : y1 - ya, x0 - xa : x1 - xa] = True
-                    cores.append(core_mask[None])
-                    batches.append(
-                        Batch(
-                            {k: v.clone() for k, v in crop.items()},
-                            torch.as_tensor(target, device=device)[None],
-                            share,
-                        )
-                    )
-        _attach_keep(model, batches, cores, keep_weight, anchor)
+        z, y, x = np.nonzero(targets >= 0)
+        labels = targets[z, y, x]
+        shares = None if weights is None else weights[z, y, x]
+        for start in range(0, len(z), PATCH_CHUNK):
+            part = slice(start, start + PATCH_CHUNK)
+            patches = pixel_patches(features, z[part], y[part], x[part], int(model.head_halo))
+            target = torch.as_tensor(labels[part], device=device)[:, None, None]
+            share = None
+            if shares is not None:
+                share = torch.as_tensor(shares[part], device=device)[:, None, None]
+            batches.append(Batch(patches, target, share, centres=True))
+        if keep_weight > 0 and batches:
+            keep = keep_patches(model, features, targets, keep_weight, seed, anchor)
+            if keep is not None:
+                batches.append(keep)
         return batches
 
+    cores: list[np.ndarray] = []  # where each slice's keep term counts
     for index in range(targets.shape[0]):
         plane = targets[index]
         if not (plane >= 0).any():
@@ -303,6 +295,138 @@ def _attach_keep(
             batch.keep = model.head(batch.features).float().log_softmax(1).detach()
             share = mask.astype(np.float32) * np.float32(keep_weight / total)
             batch.keep_share = torch.as_tensor(share, device=device)
+
+
+def pixel_patches(
+    features: Features, z: np.ndarray, y: np.ndarray, x: np.ndarray, halo: int
+) -> Features:
+    """Gather each pixel's ``(2 halo + 1)²`` neighbourhood of features, one item per pixel.
+
+    Outside the image the features are 0, as the head's own zero padding makes them there,
+    so a spatial head's output at an item's centre is its output at that pixel of the whole
+    image.
+
+    Parameters
+    ----------
+    features : Features
+        Cached [N, F, Y, X] tensors.
+    z, y, x : numpy.ndarray
+        Slice and pixel coordinates of the P pixels.
+    halo : int
+        The head's halo.
+
+    Returns
+    -------
+    Features
+        [P, F, 2 halo + 1, 2 halo + 1] tensors (copies).
+    """
+    first = next(iter(features.values()))
+    device, (height, width) = first.device, first.shape[-2:]
+    offsets = torch.arange(-halo, halo + 1, device=device)
+    zi = torch.as_tensor(z, device=device)[:, None, None]
+    yi = torch.as_tensor(y, device=device)[:, None, None] + offsets[None, :, None]
+    xi = torch.as_tensor(x, device=device)[:, None, None] + offsets[None, None, :]
+    inside = (yi >= 0) & (yi < height) & (xi >= 0) & (xi < width)  # [P, k, k]
+    yi, xi = yi.clamp(0, height - 1), xi.clamp(0, width - 1)
+    out = {}
+    for k, v in features.items():
+        gathered = v[zi, :, yi, xi]  # [P, k, k, F]
+        gathered = gathered * inside[..., None].to(gathered.dtype)
+        out[k] = gathered.permute(0, 3, 1, 2).contiguous()
+    return out
+
+
+@contextmanager
+def _valid_convolutions(module: nn.Module) -> Iterator[None]:
+    """Run a head's convolutions without padding inside the block, when all are stride-1, odd.
+
+    A ``(2 halo + 1)²`` item then gives its centre's output alone ([P, C, 1, 1]) instead of
+    ``(2 halo + 1)²`` outputs of which only the centre is used. Other heads are left alone.
+    """
+    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+    if not all(
+        all(s == 1 for s in m.stride) and all(k % 2 == 1 for k in m.kernel_size) for m in convs
+    ):
+        yield
+        return
+    before = [m.padding for m in convs]
+    for m in convs:
+        m.padding = (0, 0)
+    try:
+        yield
+    finally:
+        for m, padding in zip(convs, before, strict=True):
+            m.padding = padding
+
+
+def centre_logits(model: SegmentationModel, patches: Features) -> torch.Tensor:
+    """Compute the head's logits [P, C, 1, 1] at the centres of :func:`pixel_patches` items.
+
+    Parameters
+    ----------
+    model : SegmentationModel
+        The adapter (spatial head on cached features).
+    patches : Features
+        [P, F, k, k] items.
+
+    Returns
+    -------
+    torch.Tensor
+        The centre logits.
+    """
+    with _valid_convolutions(model.head_module):
+        logits = model.head(patches)
+    if logits.shape[-1] > 1:  # a head that kept its padding: its centre output is the one
+        c = logits.shape[-1] // 2
+        logits = logits[..., c : c + 1, c : c + 1]
+    return logits
+
+
+def keep_patches(
+    model: SegmentationModel,
+    features: Features,
+    targets: np.ndarray,
+    keep_weight: float,
+    seed: int,
+    anchor: Anchor | None = None,
+) -> Batch | None:
+    """Sample unscribbled pixels, each with its halo, for a spatial head's keep term.
+
+    Parameters
+    ----------
+    model : SegmentationModel
+        The adapter (spatial head on cached features).
+    features : Features
+        Cached [N, F, Y, X] tensors.
+    targets : numpy.ndarray
+        (N, Y, X) targets, ``IGNORE`` where not scribbled.
+    keep_weight : float
+        The keep term's total weight (shared equally by the sampled pixels).
+    seed : int
+        Seed of the sample.
+    anchor : Anchor, optional
+        Head weights to compute the reference output with; default the current head.
+
+    Returns
+    -------
+    Batch or None
+        :func:`pixel_patches` items of the sampled pixels and the reference
+        log-probabilities at their centres; None when nothing is unscribbled.
+    """
+    free = np.flatnonzero(targets.reshape(-1) < 0)
+    if free.size == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    size = min(SPATIAL_KEEP_SAMPLES, free.size)
+    chosen = np.sort(rng.choice(free, size=size, replace=False))
+    z, y, x = np.unravel_index(chosen, targets.shape)
+    patches = pixel_patches(features, z, y, x, int(model.head_halo))
+    device = next(iter(features.values())).device
+    target = torch.full((size, 1, 1), IGNORE, dtype=torch.long, device=device)
+    share = torch.full((size, 1, 1), float(keep_weight) / size, device=device)
+    with torch.no_grad(), Anchored(model, anchor):
+        start = centre_logits(model, patches).float().log_softmax(1).detach()
+    return Batch(patches, target, None, start, share, centres=True)
 
 
 def keep_batch(
@@ -382,7 +506,9 @@ def loss_and_gradients(
     total = 0.0
     wrong = 0
     for batch in batches:
-        logits = model.head(batch.features)
+        logits = (
+            centre_logits(model, batch.features) if batch.centres else model.head(batch.features)
+        )
         scribbled = batch.target != IGNORE
         if batch.weight is None:
             loss = F.cross_entropy(logits, batch.target, ignore_index=IGNORE, reduction="sum")
