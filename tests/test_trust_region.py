@@ -226,3 +226,38 @@ def test_free_types_keeps_far_type_changes_but_not_far_nucleus_changes(model3, s
     lost = others & (free.prediction == 0)  # far nucleus pixels the head dropped
     assert lost.any() and fraction(loose.prediction, lost, 0) == 0  # those stay nucleus
     assert disks.max() > 1
+
+
+def test_the_crf_weight_follows_whether_nuclei_are_bright_or_dark():
+    from napari_scribble_refine.core import RefineConfig, load_model
+    from napari_scribble_refine.core.synthetic import synthetic_fluorescence, synthetic_he
+
+    settings = RefineConfig(crf_weight=3.0, crf_weight_bright=0.5, device="cpu")
+    cases = [
+        ("hovernet-fluo", synthetic_fluorescence((128, 128), seed=1), True, 0.5),
+        ("hovernet-he", synthetic_he((128, 128), seed=1), False, 3.0),
+    ]
+    for name, sample, bright, weight in cases:
+        session = RefineSession(load_model(name), sample.image, settings)
+        session.predict()
+        final = session._final_prediction
+        assert final.bright_nuclei() is bright
+        assert final.crf_weight(settings) == weight
+        assert final.crf_weight(settings.replace(crf_weight_bright=3.0)) == 3.0
+    # the weight reaches the CRF: off for bright nuclei gives what no CRF at all gives
+    sample = synthetic_fluorescence((128, 128), seed=1)
+    scribbles = np.zeros(sample.instances.shape, np.uint8)
+    scribbles[sample.instances == 1] = 2
+    scribbles[:3, :20] = 1
+    results = []
+    off = {"crf_weight": 0.0, "crf_weight_bright": 0.0}
+    half = {"crf_weight": 0.5}  # 0.5 for bright and dark nuclei
+    for changes in ({"crf_weight_bright": 0.0}, off, {"crf_weight_bright": 3.0}, {}, half):
+        session = RefineSession(
+            load_model("hovernet-fluo"), sample.image, settings.replace(**changes)
+        )
+        results.append(session.run(scribbles).prediction)
+    np.testing.assert_array_equal(results[0], results[1])
+    assert (results[0] != results[2]).any()
+    np.testing.assert_array_equal(results[3], results[4])  # bright: 0.5, not crf_weight's 3
+    assert (results[3] != results[2]).any()

@@ -166,6 +166,12 @@ class RefineConfig:
         (:mod:`~napari_scribble_refine.core.edge_crf`): decisions follow the image's edges
         and uncertain regions are decided by their neighbours (0: off). Images (slices)
         larger than 4096² skip it.
+    crf_weight_bright : float
+        The CRF weight on images whose nuclei are brighter than their background
+        (fluorescence), told apart by the pre-trained prediction; ``crf_weight`` applies to
+        the others (brightfield, H&E). Chosen on the validation split: without the CRF the
+        refinement was ahead on fluorescence, with weight 3 on dark nuclei. Set it to
+        ``crf_weight`` for one weight everywhere.
     crf_radius : int
         Window radius (px) of the CRF's guided-filter messages.
     crf_eps : float
@@ -210,6 +216,7 @@ class RefineConfig:
     type_classifier: bool = False
     type_prior_weight: float = 0.01
     crf_weight: float = 3.0
+    crf_weight_bright: float = 0.0
     crf_radius: int = 8
     crf_eps: float = 0.01
     crf_iterations: int = 5
@@ -240,6 +247,7 @@ class RefineConfig:
             "type_spread_margin": self.type_spread_margin > 0,
             "type_prior_weight": self.type_prior_weight > 0,
             "crf_weight": self.crf_weight >= 0,
+            "crf_weight_bright": self.crf_weight_bright >= 0,
             "crf_radius": self.crf_radius >= 1,
             "crf_eps": self.crf_eps > 0,
             "crf_iterations": self.crf_iterations >= 1,
@@ -265,6 +273,7 @@ class RefineConfig:
             "type_spread_margin": "a number > 0",
             "type_prior_weight": "a number > 0",
             "crf_weight": "a number >= 0 (0: off)",
+            "crf_weight_bright": "a number >= 0 (0: off)",
             "crf_radius": "an integer >= 1",
             "crf_eps": "a number > 0",
             "crf_iterations": "an integer >= 1",
@@ -305,6 +314,7 @@ class RefineConfig:
             type_spread=False,
             type_classifier=False,
             crf_weight=0.0,
+            crf_weight_bright=0.0,
         )
         return cls().replace(**{**plain, **changes})
 

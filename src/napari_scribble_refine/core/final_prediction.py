@@ -63,11 +63,13 @@ def crf_applies(settings: RefineConfig | None, spatial_shape: tuple[int, ...]) -
     Returns
     -------
     bool
-        True when ``settings`` turn the CRF on and a slice has at most
-        :data:`CRF_MAX_PIXELS` pixels.
+        True when ``settings`` turn the CRF on (for bright or dark nuclei) and a slice has
+        at most :data:`CRF_MAX_PIXELS` pixels.
     """
     height, width = spatial_shape[-2:]
-    return settings is not None and settings.crf_weight > 0 and height * width <= CRF_MAX_PIXELS
+    if settings is None or max(settings.crf_weight, settings.crf_weight_bright) <= 0:
+        return False
+    return height * width <= CRF_MAX_PIXELS
 
 
 class FinalPrediction:
@@ -120,6 +122,7 @@ class FinalPrediction:
         self._class_map: tuple[int, np.ndarray] | None = None
         self._intensity_range: tuple[float, float] | None = None
         self._before: tuple[object, list[np.ndarray], list[dict[int, np.ndarray]]] | None = None
+        self._bright: tuple[object, bool] | None = None
         self._accept: tuple[int, list[np.ndarray | None]] | None = None
         self._feature_stats: list[tuple[np.ndarray, np.ndarray]] = []
         self._final: tuple[int, dict[int, torch.Tensor]] = (-1, {})
@@ -242,6 +245,50 @@ class FinalPrediction:
             self._before = (anchor, maps, means)
         return self._before[1], self._before[2]
 
+    def bright_nuclei(self) -> bool:
+        """Whether the pre-trained head's nuclei are brighter than its background (fluorescence).
+
+        Returns
+        -------
+        bool
+            True when the mean intensity (over channels) of the pixels the pre-trained head
+            calls nucleus exceeds that of its background; False without either.
+        """
+        anchor = self._history.anchor
+        if self._bright is None or self._bright[0] is not anchor:
+            inside = outside = 0.0
+            n_in = n_out = 0
+            for index, classes in enumerate(self._pretrained_maps()[0]):
+                plane = self._image[index] if self.image_info.is_3d else self._image
+                plane = np.asarray(plane, np.float64)
+                if self.image_info.is_rgb:
+                    plane = plane.mean(-1)
+                nucleus = classes > 0
+                inside += float(plane[nucleus].sum())
+                outside += float(plane[~nucleus].sum())
+                n_in += int(nucleus.sum())
+                n_out += int(nucleus.size - nucleus.sum())
+            bright = n_in > 0 and n_out > 0 and inside / n_in > outside / n_out
+            self._bright = (anchor, bright)
+        return self._bright[1]
+
+    def crf_weight(self, settings: RefineConfig) -> float:
+        """Return the CRF weight for this image (see ``RefineConfig.crf_weight_bright``).
+
+        Parameters
+        ----------
+        settings : RefineConfig
+            The refinement's settings.
+
+        Returns
+        -------
+        float
+            ``crf_weight_bright`` on an image of bright nuclei, else ``crf_weight``.
+        """
+        if settings.crf_weight_bright == settings.crf_weight:
+            return settings.crf_weight
+        return settings.crf_weight_bright if self.bright_nuclei() else settings.crf_weight
+
     def similar_growth(self, painted: np.ndarray, grown: np.ndarray) -> np.ndarray:
         """Drop the grown pixels that change a class but look like the class they leave.
 
@@ -334,13 +381,13 @@ class FinalPrediction:
             logits = torch.where(torch.from_numpy(accept)[None, None], logits, before)
         cons = self._history.constraints
         settings = cons.settings if cons is not None else None
-        if crf_applies(settings, self.spatial_shape):
+        if crf_applies(settings, self.spatial_shape) and self.crf_weight(settings) > 0:
             scribbles = cons.scribbles if self.image_info.is_3d else cons.scribbles[None]
             q = mean_field(
                 logits[0].log_softmax(0),
                 self._guide(index),
                 scribbles[index],
-                weight=settings.crf_weight,
+                weight=self.crf_weight(settings),
                 radius=settings.crf_radius,
                 eps=settings.crf_eps,
                 iterations=settings.crf_iterations,
@@ -412,7 +459,8 @@ class FinalPrediction:
         class_map = np.empty((n, height, width), dtype=np.int32)
         accept = self._accept_masks()
         cons = self._history.constraints
-        crf = crf_applies(cons.settings if cons is not None else None, self.spatial_shape)
+        crf = cons is not None and crf_applies(cons.settings, self.spatial_shape)
+        crf = crf and self.crf_weight(cons.settings) > 0
         for index in range(n):
             if crf:
                 class_map[index] = class_map_of(self.model, self.slice_logits(index)[0])
