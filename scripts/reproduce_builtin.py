@@ -46,6 +46,7 @@ REAL_STAGES: dict[str, list[list[str]]] = {
         ["--steps", "1500"],
         ["--steps", "1500", "--lr", "3e-4", "--stage", "2"],
         ["--steps", "1500", "--lr", "2e-4", "--stage", "3"],
+        ["--steps", "1500", "--lr", "1.5e-4", "--stage", "4"],
     ],
     "hovernet-he": [
         ["--steps", "1300"],
