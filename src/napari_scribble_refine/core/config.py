@@ -77,7 +77,9 @@ class RefineConfig:
         change it. The default, 2 (HoVer-Net: ``u0``'s BatchNorm, ReLU and 1x1 conv, still
         point-wise), was chosen on the validation split: the head fits more of its
         scribbles than with 1 (0.67 against 0.55 at k = 3) at equal or better Dice; 3 (a
-        spatial layer) fits 0.88-0.97 but costs ten times as much per interaction.
+        spatial layer, with the Adam ``optimiser`` at ``learning_rate`` 0.01) fits 0.97 of
+        them at level Dice there but costs 2.3 times as much per interaction and lost
+        Dice in ``make demo`` (``benchmarks/notes.md``, table Q).
     stop_fraction : float
         Refinement stops once this fraction of scribbled pixels is predicted as its class.
     class_balanced : bool
@@ -91,7 +93,8 @@ class RefineConfig:
         (1 treats them alike, as in the paper; grown pixels are guesses, so less is safer).
     keep_weight : float
         Weight of the keep term: the mean KL divergence, over unscribbled pixels (a random
-        sample of the image for point-wise heads; the training crops or slices otherwise),
+        sample of the image, each pixel with its halo for spatial heads; the scribbled
+        slices for opaque models),
         from the pre-trained head's output to the current one. A proximity in function
         space beside ``proximity_weight``'s in weight space (0 turns it off, as in the
         paper). It stops strokes of one class from flipping the whole image to that class.

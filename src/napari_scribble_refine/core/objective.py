@@ -229,7 +229,7 @@ def build_batches(
                 share = torch.as_tensor(shares[part], device=device)[:, None, None]
             batches.append(Batch(patches, target, share, centres=True))
         if keep_weight > 0 and batches:
-            keep = keep_patches(model, features, targets, keep_weight, seed, anchor)
+            keep = keep_batch(model, features, targets, keep_weight, seed, anchor)
             if keep is not None:
                 batches.append(keep)
         return batches
@@ -382,53 +382,6 @@ def centre_logits(model: SegmentationModel, patches: Features) -> torch.Tensor:
     return logits
 
 
-def keep_patches(
-    model: SegmentationModel,
-    features: Features,
-    targets: np.ndarray,
-    keep_weight: float,
-    seed: int,
-    anchor: Anchor | None = None,
-) -> Batch | None:
-    """Sample unscribbled pixels, each with its halo, for a spatial head's keep term.
-
-    Parameters
-    ----------
-    model : SegmentationModel
-        The adapter (spatial head on cached features).
-    features : Features
-        Cached [N, F, Y, X] tensors.
-    targets : numpy.ndarray
-        (N, Y, X) targets, ``IGNORE`` where not scribbled.
-    keep_weight : float
-        The keep term's total weight (shared equally by the sampled pixels).
-    seed : int
-        Seed of the sample.
-    anchor : Anchor, optional
-        Head weights to compute the reference output with; default the current head.
-
-    Returns
-    -------
-    Batch or None
-        :func:`pixel_patches` items of the sampled pixels and the reference
-        log-probabilities at their centres; None when nothing is unscribbled.
-    """
-    free = np.flatnonzero(targets.reshape(-1) < 0)
-    if free.size == 0:
-        return None
-    rng = np.random.default_rng(seed)
-    size = min(SPATIAL_KEEP_SAMPLES, free.size)
-    chosen = np.sort(rng.choice(free, size=size, replace=False))
-    z, y, x = np.unravel_index(chosen, targets.shape)
-    patches = pixel_patches(features, z, y, x, int(model.head_halo))
-    device = next(iter(features.values())).device
-    target = torch.full((size, 1, 1), IGNORE, dtype=torch.long, device=device)
-    share = torch.full((size, 1, 1), float(keep_weight) / size, device=device)
-    with torch.no_grad(), Anchored(model, anchor):
-        start = centre_logits(model, patches).float().log_softmax(1).detach()
-    return Batch(patches, target, None, start, share, centres=True)
-
-
 def keep_batch(
     model: SegmentationModel,
     features: Features,
@@ -439,10 +392,14 @@ def keep_batch(
 ) -> Batch | None:
     """Sample unscribbled pixels and record the head's current output on them.
 
+    A point-wise head gets ``KEEP_SAMPLES`` pixels' feature vectors in one row
+    ``[1, F, 1, P]``; a spatial head ``SPATIAL_KEEP_SAMPLES`` pixels, each with its halo
+    (:func:`pixel_patches`, counted at the centres).
+
     Parameters
     ----------
     model : SegmentationModel
-        The adapter (point-wise head on cached features).
+        The adapter (a head on cached features).
     features : Features
         Cached [N, F, Y, X] tensors.
     targets : numpy.ndarray
@@ -458,24 +415,33 @@ def keep_batch(
     Returns
     -------
     Batch or None
-        ``[1, F, 1, P]`` features, all-``IGNORE`` target, per-pixel weight and the starting
+        The pixels' features, all-``IGNORE`` targets, per-pixel weights and the starting
         log-probabilities; None when nothing is unscribbled.
     """
     free = np.flatnonzero(targets.reshape(-1) < 0)
     if free.size == 0:
         return None
+    spatial = not model.head_is_pointwise
+    size = min(SPATIAL_KEEP_SAMPLES if spatial else KEEP_SAMPLES, free.size)
     rng = np.random.default_rng(seed)
-    chosen = np.sort(rng.choice(free, size=min(KEEP_SAMPLES, free.size), replace=False))
+    chosen = np.sort(rng.choice(free, size=size, replace=False))
     z, y, x = np.unravel_index(chosen, targets.shape)
     device = next(iter(features.values())).device
-    zi, yi, xi = (torch.as_tensor(a, device=device) for a in (z, y, x))
-    gathered = {k: v[zi, :, yi, xi].t().contiguous()[None, :, None, :] for k, v in features.items()}
+    if spatial:
+        items = pixel_patches(features, z, y, x, int(model.head_halo))
+        shape: tuple[int, ...] = (size, 1, 1)
+    else:
+        zi, yi, xi = (torch.as_tensor(a, device=device) for a in (z, y, x))
+        items = {
+            k: v[zi, :, yi, xi].t().contiguous()[None, :, None, :] for k, v in features.items()
+        }
+        shape = (1, 1, size)
     with torch.no_grad(), Anchored(model, anchor):
-        start = model.head(gathered).float().log_softmax(1).detach()
-    n = chosen.size
-    target = torch.full((1, 1, n), IGNORE, dtype=torch.long, device=device)
-    share = torch.full((1, 1, n), float(keep_weight) / n, device=device)
-    return Batch(gathered, target, None, start, share)
+        logits = centre_logits(model, items) if spatial else model.head(items)
+        start = logits.float().log_softmax(1).detach()
+    target = torch.full(shape, IGNORE, dtype=torch.long, device=device)
+    share = torch.full(shape, float(keep_weight) / size, device=device)
+    return Batch(items, target, None, start, share, centres=spatial)
 
 
 def loss_and_gradients(
