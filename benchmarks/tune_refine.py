@@ -86,6 +86,7 @@ VARIANTS: dict[str, dict] = {
     "layers-2-lr-0.3": {"n_layers": 2, "learning_rate": 0.3},
     "layers-3-adam": {"n_layers": 3, "optimiser": "adam", "learning_rate": 0.01},
     "crf-bright-3": {"crf_weight_bright": 3.0},
+    "layers-2-sgd": {"n_layers": 2, "optimiser": "sgd", "learning_rate": 0.1},
     "layers-3-adam-keep-6": {
         "n_layers": 3,
         "optimiser": "adam",

@@ -100,6 +100,7 @@ def config() -> RefineConfig:
         crf_weight=0.0,
         type_by_instance=False,
         max_iterations=80,
+        optimiser="sgd",
         learning_rate=0.05,
         momentum=0.9,
         proximity_weight=0.01,

@@ -59,7 +59,7 @@ def test_a_config_cannot_be_changed_and_replace_checks_the_new_one():
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.learning_rate = 1.0  # type: ignore[misc]
     changed = config.replace(learning_rate=0.3)
-    assert changed.learning_rate == 0.3 and config.learning_rate == 0.1
+    assert changed.learning_rate == 0.3 and config.learning_rate == 0.01
     with pytest.raises(ValueError, match="learning_rate must be a finite number"):
         config.replace(learning_rate=float("inf"))
     with pytest.raises(TypeError, match=r"no field\(s\) \['learning_rat'\]"):
