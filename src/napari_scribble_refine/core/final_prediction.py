@@ -272,19 +272,22 @@ class FinalPrediction:
             self._bright = (anchor, bright)
         return self._bright[1]
 
-    def crf_weight(self, settings: RefineConfig) -> float:
+    def crf_weight(self, settings: RefineConfig | None) -> float:
         """Return the CRF weight for this image (see ``RefineConfig.crf_weight_bright``).
 
         Parameters
         ----------
-        settings : RefineConfig
-            The refinement's settings.
+        settings : RefineConfig or None
+            The refinement's settings (None: no refinement yet).
 
         Returns
         -------
         float
-            ``crf_weight_bright`` on an image of bright nuclei, else ``crf_weight``.
+            0 where the CRF does not run (:func:`crf_applies`); else ``crf_weight_bright``
+            on an image of bright nuclei and ``crf_weight`` on the others.
         """
+        if settings is None or not crf_applies(settings, self.spatial_shape):
+            return 0.0
         if settings.crf_weight_bright == settings.crf_weight:
             return settings.crf_weight
         return settings.crf_weight_bright if self.bright_nuclei() else settings.crf_weight
@@ -381,13 +384,14 @@ class FinalPrediction:
             logits = torch.where(torch.from_numpy(accept)[None, None], logits, before)
         cons = self._history.constraints
         settings = cons.settings if cons is not None else None
-        if crf_applies(settings, self.spatial_shape) and self.crf_weight(settings) > 0:
+        weight = self.crf_weight(settings)
+        if weight > 0:
             scribbles = cons.scribbles if self.image_info.is_3d else cons.scribbles[None]
             q = mean_field(
                 logits[0].log_softmax(0),
                 self._guide(index),
                 scribbles[index],
-                weight=self.crf_weight(settings),
+                weight=weight,
                 radius=settings.crf_radius,
                 eps=settings.crf_eps,
                 iterations=settings.crf_iterations,
@@ -459,8 +463,7 @@ class FinalPrediction:
         class_map = np.empty((n, height, width), dtype=np.int32)
         accept = self._accept_masks()
         cons = self._history.constraints
-        crf = cons is not None and crf_applies(cons.settings, self.spatial_shape)
-        crf = crf and self.crf_weight(cons.settings) > 0
+        crf = self.crf_weight(cons.settings if cons is not None else None) > 0
         for index in range(n):
             if crf:
                 class_map[index] = class_map_of(self.model, self.slice_logits(index)[0])
