@@ -717,6 +717,50 @@ def test_head_runs_in_pieces_without_changing_the_result(monkeypatch, unet2, con
     np.testing.assert_array_equal(session.predict(), whole_map)
 
 
+@pytest.mark.parametrize("crf_weight", [0.0, 3.0])
+def test_kept_logits_change_no_prediction(monkeypatch, model2, scene, config, crf_weight):
+    """The head runs once per state; its kept logits (and the pre-trained head's, kept per
+    anchor) give what running the head for every use gives, across a class added and undo.
+    """
+    import napari_scribble_refine.core.final_prediction as final_prediction
+
+    image, kinds = scene
+    cfg = config.replace(trust_region=True, crf_weight=crf_weight, crf_weight_bright=crf_weight)
+    first = _dim_as_background(kinds, [0, 1])
+    second = np.zeros(kinds.shape, dtype=np.int32)
+    scribble_disks(second, kinds, 2, [2], value=3)
+    runs = []
+
+    def trail() -> list[np.ndarray]:
+        session = RefineSession(model2, image, cfg)
+        shown = [session.predict()]
+        runs.clear()
+        session.run(first)
+        shown.append(np.array(len(runs)))  # head runs for the refinement's prediction
+        shown += [session.predict(), session.logits().numpy()]
+        session.add_class("dim nucleus", init_from=1)
+        session.run(second)
+        shown += [session.predict(), session.logits().numpy()]
+        assert session.undo() and session.undo()
+        shown.append(session.predict())
+        assert session.redo() and session.redo()
+        return [*shown, session.predict()]
+
+    def counted(*args, **kwargs):
+        runs.append(1)
+        return head_pieces(*args, **kwargs)
+
+    head_pieces = final_prediction.head_pieces
+    monkeypatch.setattr(final_prediction, "head_pieces", counted)
+    kept = trail()
+    assert kept[1] == 2  # each head once: the trust region, CRF and class map share them
+    monkeypatch.setattr(final_prediction, "LOGITS_CACHE_PIXELS", 0)
+    every_use = trail()
+    assert every_use[1] == (3 if crf_weight == 0 else 4)
+    for a, b in zip(kept[:1] + kept[2:], every_use[:1] + every_use[2:], strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_opaque_prediction_on_a_non_square_image_matches_the_network(unet2, config):
     image = disks_scene(np.random.default_rng(4), size=100, n_bright=5)[0][:, :70]
     model = TorchModuleModel(

@@ -49,6 +49,12 @@ for RGB: 600 MB at 2048²); other slices compute them at the pixels wanted."""
 FINAL_CACHE_PIXELS = 4096 * 4096
 """Slices up to this size keep their final log-probabilities until the head changes."""
 
+LOGITS_CACHE_PIXELS = 2048 * 2048
+"""The head's logits of the slices holding at most this many pixels in all are kept: the
+current head's until it changes, the pre-trained head's while it is the anchor (one run of
+each head per state instead of one per use: the trust region, the CRF and the class map
+all read them). Larger images run the head piece by piece for each use."""
+
 
 def crf_applies(settings: RefineConfig | None, spatial_shape: tuple[int, ...]) -> bool:
     """Whether the edge-aware CRF runs: on, and the image no larger than the CRF's limit.
@@ -126,6 +132,7 @@ class FinalPrediction:
         self._accept: tuple[int, list[np.ndarray | None]] | None = None
         self._feature_stats: list[tuple[np.ndarray, np.ndarray]] = []
         self._final: tuple[int, dict[int, torch.Tensor]] = (-1, {})
+        self._logits_cache: dict[bool, tuple[object, dict[int, torch.Tensor]]] = {}
         self._type_feature_cache: dict[int, np.ndarray] = {}
 
     @property
@@ -141,6 +148,7 @@ class FinalPrediction:
         """Drop the cached features and final log-probabilities (the session closed)."""
         self.features = {}
         self._final = (-1, {})
+        self._logits_cache = {}
         self._type_feature_cache = {}
 
     def intensity_range(self) -> tuple[float, float]:
@@ -171,7 +179,7 @@ class FinalPrediction:
         )
 
     def _raw_logits(self, index: int) -> torch.Tensor:
-        """Logits [1, C, Y, X] of the current head on one image (slice), on the CPU."""
+        """Logits [1, C, Y, X] of the head as loaded now on one image (slice), on the CPU."""
         height, width = self.spatial_shape[-2:]
         out = torch.empty((1, self.model.n_classes, height, width), dtype=torch.float32)
         for y0, x0, piece in self._head_pieces(index):
@@ -179,14 +187,53 @@ class FinalPrediction:
             out[0, :, y0 : y0 + h, x0 : x0 + w] = piece.float().cpu()
         return out
 
-    def _maps(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def _kept_logits(self, anchored: bool) -> dict[int, torch.Tensor]:
+        """Return the kept logits of the current (or the pre-trained) head, by slice."""
+        key = self._history.anchor if anchored else self.version
+        held, kept = self._logits_cache.get(anchored, (None, {}))
+        if not (held is key if anchored else held == key):
+            kept = {}
+            self._logits_cache[anchored] = (key, kept)
+        return kept
+
+    def _keeps(self, kept: dict[int, torch.Tensor], index: int) -> bool:
+        """Whether slice ``index``'s logits are kept, or fit beside those kept."""
+        height, width = self.spatial_shape[-2:]
+        return index in kept or (len(kept) + 1) * height * width <= LOGITS_CACHE_PIXELS
+
+    def _logits(self, index: int, *, anchored: bool = False) -> torch.Tensor:
+        """Logits [1, C, Y, X] of the current (or the pre-trained) head on one slice.
+
+        Kept until the head (or the anchor) changes, for slices that fit in
+        :data:`LOGITS_CACHE_PIXELS`.
+        """
+        kept = self._kept_logits(anchored)
+        if index in kept:
+            return kept[index]
+        with torch.no_grad(), Anchored(self.model, self._history.anchor if anchored else None):
+            logits = self._raw_logits(index)
+        if self._keeps(kept, index):
+            kept[index] = logits
+        return logits
+
+    def _pieces(
+        self, index: int, *, anchored: bool = False
+    ) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """Yield the head's logits [C, h, w] of one slice by pieces at (y0, x0), kept ones whole."""
+        if self._keeps(self._kept_logits(anchored), index):
+            yield 0, 0, self._logits(index, anchored=anchored)[0]
+            return
+        with torch.no_grad(), Anchored(self.model, self._history.anchor if anchored else None):
+            for y0, x0, piece in self._head_pieces(index):
+                yield y0, x0, piece.float().cpu()
+
+    def _maps(self, index: int, *, anchored: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Class map (int32) and the probability of each pixel's class (float32), one slice."""
         height, width = self.spatial_shape[-2:]
         classes = np.empty((height, width), dtype=np.int32)
         prob = np.empty((height, width), dtype=np.float32)
-        for y0, x0, piece in self._head_pieces(index):
+        for y0, x0, piece in self._pieces(index, anchored=anchored):
             h, w = piece.shape[-2:]
-            piece = piece.float().cpu()
             cls = class_map_of(self.model, piece)
             classes[y0 : y0 + h, x0 : x0 + w] = cls
             chosen = piece.softmax(0).gather(0, torch.from_numpy(cls).long()[None])[0]
@@ -228,20 +275,19 @@ class FinalPrediction:
         anchor = self._history.anchor
         if self._before is None or self._before[0] is not anchor:
             maps, means = [], []
-            with Anchored(self.model, anchor):
-                for index in range(self._n_slices()):
-                    classes = self._maps(index)[0]
-                    describe = self._describe(index)
-                    per_class = {}
-                    for c in np.unique(classes):
-                        mask = classes == c
-                        step = max(1, int(mask.sum()) // 20000)  # a sample is enough
-                        ys, xs = np.nonzero(mask)
-                        sample = np.zeros_like(mask)
-                        sample[ys[::step], xs[::step]] = True
-                        per_class[int(c)] = describe(sample).mean(1)
-                    maps.append(classes)
-                    means.append(per_class)
+            for index in range(self._n_slices()):
+                classes = self._maps(index, anchored=True)[0]
+                describe = self._describe(index)
+                per_class = {}
+                for c in np.unique(classes):
+                    mask = classes == c
+                    step = max(1, int(mask.sum()) // 20000)  # a sample is enough
+                    ys, xs = np.nonzero(mask)
+                    sample = np.zeros_like(mask)
+                    sample[ys[::step], xs[::step]] = True
+                    per_class[int(c)] = describe(sample).mean(1)
+                maps.append(classes)
+                means.append(per_class)
             self._before = (anchor, maps, means)
         return self._before[1], self._before[2]
 
@@ -376,11 +422,10 @@ class FinalPrediction:
         version, cache = self._final
         if version == self.version and index in cache:
             return cache[index]
-        logits = self._raw_logits(index)
+        logits = self._logits(index)
         accept = self._accept_masks()[index]
         if accept is not None:
-            with torch.no_grad(), Anchored(self.model, self._history.anchor):
-                before = self._raw_logits(index)
+            before = self._logits(index, anchored=True)
             logits = torch.where(torch.from_numpy(accept)[None, None], logits, before)
         cons = self._history.constraints
         settings = cons.settings if cons is not None else None
@@ -520,9 +565,9 @@ class FinalPrediction:
         """Class map (int32) of one slice: :meth:`_maps` without the probabilities."""
         height, width = self.spatial_shape[-2:]
         classes = np.empty((height, width), dtype=np.int32)
-        for y0, x0, piece in self._head_pieces(index):
+        for y0, x0, piece in self._pieces(index):
             h, w = piece.shape[-2:]
-            classes[y0 : y0 + h, x0 : x0 + w] = class_map_of(self.model, piece.float().cpu())
+            classes[y0 : y0 + h, x0 : x0 + w] = class_map_of(self.model, piece)
         return classes
 
     # ------------------------------------------------------------------ instances
