@@ -723,6 +723,7 @@ def test_kept_logits_change_no_prediction(monkeypatch, model2, scene, config, cr
     anchor) give what running the head for every use gives, across a class added and undo.
     """
     import napari_scribble_refine.core.final_prediction as final_prediction
+    import napari_scribble_refine.core.kept_logits as kept_logits
 
     image, kinds = scene
     cfg = config.replace(trust_region=True, crf_weight=crf_weight, crf_weight_bright=crf_weight)
@@ -754,7 +755,7 @@ def test_kept_logits_change_no_prediction(monkeypatch, model2, scene, config, cr
     monkeypatch.setattr(final_prediction, "head_pieces", counted)
     kept = trail()
     assert kept[1] == 2  # each head once: the trust region, CRF and class map share them
-    monkeypatch.setattr(final_prediction, "LOGITS_CACHE_PIXELS", 0)
+    monkeypatch.setattr(kept_logits, "LOGITS_CACHE_PIXELS", 0)
     every_use = trail()
     assert every_use[1] == (3 if crf_weight == 0 else 4)
     for a, b in zip(kept[:1] + kept[2:], every_use[:1] + every_use[2:], strict=True):

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from _tiny_nets import fraction, scribble_disks
 
-from napari_scribble_refine.core.edge_crf import box_mean, mean_field
+from napari_scribble_refine.core.config import RefineConfig
+from napari_scribble_refine.core.edge_crf import CRF_MAX_PIXELS, box_mean, crf_applies, mean_field
 from napari_scribble_refine.core.postprocess import type_by_instance
 from napari_scribble_refine.core.session import RefineSession
 from napari_scribble_refine.core.trust_region import accepted_changes
@@ -261,3 +262,13 @@ def test_the_crf_weight_follows_whether_nuclei_are_bright_or_dark():
     assert (results[0] != results[2]).any()
     np.testing.assert_array_equal(results[3], results[4])  # bright: 0.5, not crf_weight's 3
     assert (results[3] != results[2]).any()
+
+
+def test_the_crf_runs_when_on_and_slices_fit_its_limit():
+    on = RefineConfig(crf_weight=3.0, crf_weight_bright=0.0)
+    assert crf_applies(on, (CRF_MAX_PIXELS // 4096, 4096))
+    assert crf_applies(on, (7, CRF_MAX_PIXELS // 4096, 4096))  # per slice of a stack
+    assert not crf_applies(on, (CRF_MAX_PIXELS // 4096 + 1, 4096))  # too large: skipped
+    assert not crf_applies(None, (64, 64))  # nothing tuned yet
+    assert not crf_applies(on.replace(crf_weight=0.0), (64, 64))
+    assert crf_applies(RefineConfig(crf_weight=0.0, crf_weight_bright=1.0), (64, 64))

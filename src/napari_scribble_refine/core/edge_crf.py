@@ -15,10 +15,18 @@ messages there favour the region's class.)
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
-__all__ = ["GuidedFilter", "box_mean", "mean_field"]
+if TYPE_CHECKING:
+    from .config import RefineConfig
+
+__all__ = ["CRF_MAX_PIXELS", "GuidedFilter", "box_mean", "crf_applies", "mean_field"]
+
+CRF_MAX_PIXELS = 4096 * 4096
+"""Larger images (slices) skip the edge-aware CRF: it holds several maps of the whole image."""
 
 
 def _window_counts(n: int, radius: int, device: torch.device) -> torch.Tensor:
@@ -149,3 +157,25 @@ def mean_field(
         message = torch.cat([part, 1.0 - part.sum(0, keepdim=True)])
         q = (unary + weight * message).softmax(0)
     return q
+
+
+def crf_applies(settings: RefineConfig | None, spatial_shape: tuple[int, ...]) -> bool:
+    """Whether the edge-aware CRF runs: on, and the image no larger than the CRF's limit.
+
+    Parameters
+    ----------
+    settings : RefineConfig or None
+        The settings the current head state was tuned with (None: not tuned).
+    spatial_shape : tuple of int
+        (Y, X) or (Z, Y, X) of the image.
+
+    Returns
+    -------
+    bool
+        True when ``settings`` turn the CRF on (for bright or dark nuclei) and a slice has
+        at most :data:`CRF_MAX_PIXELS` pixels.
+    """
+    height, width = spatial_shape[-2:]
+    if settings is None or max(settings.crf_weight, settings.crf_weight_bright) <= 0:
+        return False
+    return height * width <= CRF_MAX_PIXELS

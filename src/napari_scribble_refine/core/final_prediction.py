@@ -22,9 +22,10 @@ import numpy as np
 import torch
 
 from .config import RefineConfig
-from .edge_crf import mean_field
+from .edge_crf import crf_applies, mean_field
 from .history import HeadHistory
 from .images import ImageInfo
+from .kept_logits import KeptLogits
 from .memory import release_free_memory
 from .models.base import Features, SegmentationModel
 from .objective import Anchored
@@ -34,13 +35,10 @@ from .trust_region import Describe, accepted_changes, like_corrected
 from .type_classifier import classify_types, feature_image, pixel_features
 from .type_spreading import spread_types
 
-__all__ = ["CRF_MAX_PIXELS", "FinalPrediction", "crf_applies"]
+__all__ = ["FinalPrediction"]
 
 HEAD_CHUNK_PIXELS = 1 << 20
 """Pixels per piece when the head runs over the whole image (bounds memory)."""
-
-CRF_MAX_PIXELS = 4096 * 4096
-"""Larger images (slices) skip the edge-aware CRF: it holds several maps of the whole image."""
 
 TYPE_FEATURE_CACHE_PIXELS = 2048 * 2048
 """Pixels (all slices together) whose type-classifier features are kept (36 float32 maps
@@ -48,34 +46,6 @@ for RGB: 600 MB at 2048²); other slices compute them at the pixels wanted."""
 
 FINAL_CACHE_PIXELS = 4096 * 4096
 """Slices up to this size keep their final log-probabilities until the head changes."""
-
-LOGITS_CACHE_PIXELS = 2048 * 2048
-"""The head's logits of the slices holding at most this many pixels in all are kept: the
-current head's until it changes, the pre-trained head's while it is the anchor (one run of
-each head per state instead of one per use: the trust region, the CRF and the class map
-all read them). Larger images run the head piece by piece for each use."""
-
-
-def crf_applies(settings: RefineConfig | None, spatial_shape: tuple[int, ...]) -> bool:
-    """Whether the edge-aware CRF runs: on, and the image no larger than the CRF's limit.
-
-    Parameters
-    ----------
-    settings : RefineConfig or None
-        The settings the current head state was tuned with (None: not tuned).
-    spatial_shape : tuple of int
-        (Y, X) or (Z, Y, X) of the image.
-
-    Returns
-    -------
-    bool
-        True when ``settings`` turn the CRF on (for bright or dark nuclei) and a slice has
-        at most :data:`CRF_MAX_PIXELS` pixels.
-    """
-    height, width = spatial_shape[-2:]
-    if settings is None or max(settings.crf_weight, settings.crf_weight_bright) <= 0:
-        return False
-    return height * width <= CRF_MAX_PIXELS
 
 
 class FinalPrediction:
@@ -132,7 +102,8 @@ class FinalPrediction:
         self._accept: tuple[int, list[np.ndarray | None]] | None = None
         self._feature_stats: list[tuple[np.ndarray, np.ndarray]] = []
         self._final: tuple[int, dict[int, torch.Tensor]] = (-1, {})
-        self._logits_cache: dict[bool, tuple[object, dict[int, torch.Tensor]]] = {}
+        pixels = int(np.prod(image_info.spatial_shape[-2:]))
+        self._kept = {False: KeptLogits(pixels), True: KeptLogits(pixels)}  # tuned, anchor
         self._type_feature_cache: dict[int, np.ndarray] = {}
 
     @property
@@ -148,7 +119,7 @@ class FinalPrediction:
         """Drop the cached features and final log-probabilities (the session closed)."""
         self.features = {}
         self._final = (-1, {})
-        self._logits_cache = {}
+        self._kept = {k: KeptLogits(kept.slice_pixels) for k, kept in self._kept.items()}
         self._type_feature_cache = {}
 
     def intensity_range(self) -> tuple[float, float]:
@@ -178,49 +149,29 @@ class FinalPrediction:
             tile_halo=self.tile_halo,
         )
 
-    def _raw_logits(self, index: int) -> torch.Tensor:
-        """Logits [1, C, Y, X] of the head as loaded now on one image (slice), on the CPU."""
-        height, width = self.spatial_shape[-2:]
-        out = torch.empty((1, self.model.n_classes, height, width), dtype=torch.float32)
-        for y0, x0, piece in self._head_pieces(index):
-            h, w = piece.shape[-2:]
-            out[0, :, y0 : y0 + h, x0 : x0 + w] = piece.float().cpu()
-        return out
-
-    def _kept_logits(self, anchored: bool) -> dict[int, torch.Tensor]:
-        """Return the kept logits of the current (or the pre-trained) head, by slice."""
-        key = self._history.anchor if anchored else self.version
-        held, kept = self._logits_cache.get(anchored, (None, {}))
-        if not (held is key if anchored else held == key):
-            kept = {}
-            self._logits_cache[anchored] = (key, kept)
-        return kept
-
-    def _keeps(self, kept: dict[int, torch.Tensor], index: int) -> bool:
-        """Whether slice ``index``'s logits are kept, or fit beside those kept."""
-        height, width = self.spatial_shape[-2:]
-        return index in kept or (len(kept) + 1) * height * width <= LOGITS_CACHE_PIXELS
+    def _state(self, anchored: bool) -> object:
+        """Return the head state logits are kept for: the anchor, or the current state."""
+        return self._history.anchor if anchored else self.version
 
     def _logits(self, index: int, *, anchored: bool = False) -> torch.Tensor:
-        """Logits [1, C, Y, X] of the current (or the pre-trained) head on one slice.
+        """Logits [1, C, Y, X] of the current (or the pre-trained) head on one slice, kept."""
 
-        Kept until the head (or the anchor) changes, for slices that fit in
-        :data:`LOGITS_CACHE_PIXELS`.
-        """
-        kept = self._kept_logits(anchored)
-        if index in kept:
-            return kept[index]
-        with torch.no_grad(), Anchored(self.model, self._history.anchor if anchored else None):
-            logits = self._raw_logits(index)
-        if self._keeps(kept, index):
-            kept[index] = logits
-        return logits
+        def run() -> torch.Tensor:
+            height, width = self.spatial_shape[-2:]
+            out = torch.empty((1, self.model.n_classes, height, width), dtype=torch.float32)
+            with torch.no_grad(), Anchored(self.model, self._history.anchor if anchored else None):
+                for y0, x0, piece in self._head_pieces(index):
+                    h, w = piece.shape[-2:]
+                    out[0, :, y0 : y0 + h, x0 : x0 + w] = piece.float().cpu()
+            return out
+
+        return self._kept[anchored].get(self._state(anchored), index, run)
 
     def _pieces(
         self, index: int, *, anchored: bool = False
     ) -> Iterator[tuple[int, int, torch.Tensor]]:
         """Yield the head's logits [C, h, w] of one slice by pieces at (y0, x0), kept ones whole."""
-        if self._keeps(self._kept_logits(anchored), index):
+        if self._kept[anchored].keeps(self._state(anchored), index):
             yield 0, 0, self._logits(index, anchored=anchored)[0]
             return
         with torch.no_grad(), Anchored(self.model, self._history.anchor if anchored else None):

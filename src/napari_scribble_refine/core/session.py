@@ -22,7 +22,8 @@ import torch
 
 from .config import RefineConfig
 from .devices import resolve_device
-from .final_prediction import FinalPrediction, crf_applies
+from .edge_crf import crf_applies
+from .final_prediction import FinalPrediction
 from .history import DEFAULT_BUDGET_MB, HeadHistory, grown_anchor
 from .images import image_for_model, validate_image
 from .in_place import claim_in_place, release_in_place
