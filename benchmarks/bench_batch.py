@@ -31,7 +31,7 @@ import torch
 
 from napari_scribble_refine import batch
 from napari_scribble_refine.core import RefineConfig, RefineSession
-from napari_scribble_refine.core.synthetic import synthetic_fluorescence, synthetic_he
+from napari_scribble_refine.synthetic.scenes import synthetic_fluorescence, synthetic_he
 
 SEED = 40_000_000
 """Seeds of the benchmark images: SEED, SEED + 1, ..."""

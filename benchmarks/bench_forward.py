@@ -25,10 +25,10 @@ import time
 import numpy as np
 import torch
 
-from napari_scribble_refine.core.metrics import aggregated_jaccard_index, dice
 from napari_scribble_refine.core.models.hovernet_adapter import HoVerNetModel, cpu_has_native_bf16
 from napari_scribble_refine.core.models.registry import load_model
-from napari_scribble_refine.core.synthetic import synthetic_fluorescence, synthetic_he
+from napari_scribble_refine.evaluation.metrics import aggregated_jaccard_index, dice
+from napari_scribble_refine.synthetic.scenes import synthetic_fluorescence, synthetic_he
 
 GENERATORS = {"hovernet-fluo": synthetic_fluorescence, "hovernet-he": synthetic_he}
 EVAL_SEEDS = range(10_000_000, 10_000_016)

@@ -47,7 +47,7 @@ INTERACTIONS = 3
 
 
 def _scenes() -> list:
-    from napari_scribble_refine.core.synthetic import synthetic_fluorescence
+    from napari_scribble_refine.synthetic.scenes import synthetic_fluorescence
 
     return [synthetic_fluorescence((SCENE, SCENE), seed=1000 + i) for i in range(N_SCENES)]
 
@@ -88,7 +88,7 @@ def _zarr(size: int, scenes: list, folder: Path) -> tuple[object, np.ndarray]:
 
 def _strokes(session: object, truth_centre: np.ndarray, size: int, k: int, marks: np.ndarray):
     """Robot strokes of interaction ``k`` in the centre scene, added to ``marks``."""
-    from napari_scribble_refine.core.robot import RobotUser
+    from napari_scribble_refine.evaluation.robot import RobotUser
 
     y, x = _centre(size)
     box = (slice(y, y + SCENE), slice(x, x + SCENE))
@@ -170,8 +170,8 @@ def _stack(threads: int, depth: int = 16, size: int = 4096) -> dict:
     import torch
 
     from napari_scribble_refine.core import load_model
-    from napari_scribble_refine.core.robot import RobotUser
     from napari_scribble_refine.core.slide import SlideSession
+    from napari_scribble_refine.evaluation.robot import RobotUser
 
     torch.set_num_threads(threads)
     scenes = _scenes()

@@ -90,8 +90,8 @@ def refine_gaps(size: int, iterations: int, mode: str = "strokes") -> dict:
     import napari
     from qtpy.QtCore import QTimer
 
-    from napari_scribble_refine.core.synthetic import synthetic_fluorescence
     from napari_scribble_refine.scripting import open_widget
+    from napari_scribble_refine.synthetic.scenes import synthetic_fluorescence
 
     sample = synthetic_fluorescence(shape=(size, size), seed=3)
     viewer = napari.Viewer(show=True)
@@ -136,7 +136,7 @@ def refine_gaps(size: int, iterations: int, mode: str = "strokes") -> dict:
 
 def sample_speed(size: int = 256, repeats: int = 5) -> dict:
     """Seconds per synthetic sample (the sample menu's generators)."""
-    from napari_scribble_refine.core.synthetic import synthetic_fluorescence, synthetic_he
+    from napari_scribble_refine.synthetic.scenes import synthetic_fluorescence, synthetic_he
 
     synthetic_he((size, size), seed=0)  # warm-up
     out = {}

@@ -28,13 +28,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 from bench_data import class_space, list_samples, load_sample  # noqa: E402
 
-from napari_scribble_refine.core.metrics import (  # noqa: E402
+from napari_scribble_refine.core.models.registry import load_model  # noqa: E402
+from napari_scribble_refine.evaluation.metrics import (  # noqa: E402
     aggregated_jaccard_index,
     dice,
     panoptic_quality,
     per_type_f1,
 )
-from napari_scribble_refine.core.models.registry import load_model  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "nuclei"
 MODEL_FOR = {False: "hovernet-fluo", True: "hovernet-he"}  # keyed by "is RGB"

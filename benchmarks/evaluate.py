@@ -15,7 +15,9 @@ from ours import OursVariant, WholeNetworkModel, softmax_probabilities
 from problem import Problem
 
 from napari_scribble_refine.core.config import RefineConfig
-from napari_scribble_refine.core.metrics import (
+from napari_scribble_refine.core.postprocess import class_map_to_instances
+from napari_scribble_refine.core.session import RefineSession
+from napari_scribble_refine.evaluation.metrics import (
     aggregated_jaccard_index,
     dice,
     iou,
@@ -24,9 +26,7 @@ from napari_scribble_refine.core.metrics import (
     per_class_dice,
     scribble_agreement,
 )
-from napari_scribble_refine.core.postprocess import class_map_to_instances
-from napari_scribble_refine.core.robot import RobotUser
-from napari_scribble_refine.core.session import RefineSession
+from napari_scribble_refine.evaluation.robot import RobotUser
 
 PAPER_DICE = [0.54, 0.62, 0.76, 0.81, 0.86]
 """Sambaturu et al. (MICCAI 2021), nucleus segmentation: Dice after 1..5 interactions."""

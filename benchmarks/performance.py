@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from napari_scribble_refine.core.config import RefineConfig
-from napari_scribble_refine.core.robot import RobotUser
 from napari_scribble_refine.core.session import RefineSession
-from napari_scribble_refine.core.synthetic import synthetic_fluorescence
+from napari_scribble_refine.evaluation.robot import RobotUser
+from napari_scribble_refine.synthetic.scenes import synthetic_fluorescence
 
 INTERACTIONS = 3
 """Robot interactions timed per size."""

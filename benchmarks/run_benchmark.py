@@ -54,7 +54,7 @@ from evaluate import (  # noqa: E402
     warm_up,
 )
 
-from napari_scribble_refine.core.robot import RobotUser, sample_seed  # noqa: E402
+from napari_scribble_refine.evaluation.robot import RobotUser, sample_seed  # noqa: E402
 
 SHARED_SESSION = ("ours", "ours-no-grow", "ours-paper", "ours-type-classifier")
 """Variants whose session is built with the initial prediction (its time is their setup)."""

@@ -8,7 +8,7 @@ Usage::
 One :class:`~napari_scribble_refine.core.session.RefineSession` of the built-in
 ``hovernet-fluo`` model on a synthetic fluorescence image (``size``², seeded) runs
 ``--refinements`` refinements. Before each one a robot user
-(:class:`~napari_scribble_refine.core.robot.RobotUser`) adds one short stroke per class on
+(:class:`~napari_scribble_refine.evaluation.robot.RobotUser`) adds one short stroke per class on
 the largest remaining error of the current prediction to the scribbles of the current
 episode; when it finds no error large enough, a few random short strokes are drawn instead.
 The user's target is the ground truth with every fifth nucleus called background (debris),
@@ -74,9 +74,9 @@ import torch
 from napari_scribble_refine.core.config import RefineConfig
 from napari_scribble_refine.core.history import DEFAULT_BUDGET_MB
 from napari_scribble_refine.core.models.registry import load_model
-from napari_scribble_refine.core.robot import RobotUser
 from napari_scribble_refine.core.session import RefineSession
-from napari_scribble_refine.core.synthetic import SyntheticSample, synthetic_fluorescence
+from napari_scribble_refine.evaluation.robot import RobotUser
+from napari_scribble_refine.synthetic.scenes import SyntheticSample, synthetic_fluorescence
 
 WARMUP = 20
 """Refinements left out of the timing figures; the start RSS is read after them."""

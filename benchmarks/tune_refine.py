@@ -38,8 +38,8 @@ from problem import Problem  # noqa: E402
 
 from napari_scribble_refine.core.config import RefineConfig  # noqa: E402
 from napari_scribble_refine.core.models.registry import load_model  # noqa: E402
-from napari_scribble_refine.core.robot import RobotUser, sample_seed  # noqa: E402
 from napari_scribble_refine.core.session import RefineSession  # noqa: E402
+from napari_scribble_refine.evaluation.robot import RobotUser, sample_seed  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "train"

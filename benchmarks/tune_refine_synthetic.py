@@ -29,9 +29,9 @@ import numpy as np
 import torch
 
 from napari_scribble_refine.core import RefineConfig, RefineSession, load_model  # noqa: E402
-from napari_scribble_refine.core.metrics import dice, per_class_dice  # noqa: E402
-from napari_scribble_refine.core.robot import RobotUser
-from napari_scribble_refine.core.synthetic import (  # noqa: E402
+from napari_scribble_refine.evaluation.metrics import dice, per_class_dice  # noqa: E402
+from napari_scribble_refine.evaluation.robot import RobotUser
+from napari_scribble_refine.synthetic.scenes import (  # noqa: E402
     synthetic_fluorescence,
     synthetic_he,
 )

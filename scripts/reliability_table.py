@@ -33,7 +33,7 @@ from napari_scribble_refine.core import RefineConfig, RefineSession, SlideSessio
 from napari_scribble_refine.core.models.hovernet import HoVerNet, HoVerNetConfig
 from napari_scribble_refine.core.models.hovernet_checkpoint import save_hovernet_safetensors
 from napari_scribble_refine.core.scribbles import grow_scribbles
-from napari_scribble_refine.core.synthetic import synthetic_fluorescence
+from napari_scribble_refine.synthetic.scenes import synthetic_fluorescence
 
 ROOT = Path(__file__).resolve().parents[1]
 Row = tuple[str, str, str, bool]

@@ -37,12 +37,6 @@ from scipy import ndimage as ndi
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from napari_scribble_refine.core.metrics import (  # noqa: E402
-    aggregated_jaccard_index,
-    dice,
-    panoptic_quality,
-    per_type_f1,
-)
 from napari_scribble_refine.core.models._prepare import (  # noqa: E402
     PERCENTILES,
     normalise_array,
@@ -52,13 +46,19 @@ from napari_scribble_refine.core.models.hovernet import (  # noqa: E402
     HoVerNetConfig,
     count_parameters,
 )
-from napari_scribble_refine.core.synthetic import (  # noqa: E402
+from napari_scribble_refine.evaluation.metrics import (  # noqa: E402
+    aggregated_jaccard_index,
+    dice,
+    panoptic_quality,
+    per_type_f1,
+)
+from napari_scribble_refine.synthetic.scenes import (  # noqa: E402
     FLUO_CLASSES,
     HE_CLASSES,
     synthetic_fluorescence,
     synthetic_he,
 )
-from napari_scribble_refine.core.synthetic_shapes import hv_targets  # noqa: E402
+from napari_scribble_refine.synthetic.shapes import hv_targets  # noqa: E402
 
 RECIPES = {
     "hovernet-fluo": {
@@ -394,7 +394,7 @@ def finish(
         "description": recipe["description"],
         "training": json.dumps(
             {
-                "data": f"{recipe['generator']} (napari_scribble_refine.core.synthetic), "
+                "data": f"{recipe['generator']} (napari_scribble_refine.synthetic.scenes), "
                 f"seeds {recipe['seed']}*1e6 + step*batch + j; no real images",
                 "stage": args.stage,
                 "init_from": Path(args.init_from).name if args.init_from else None,

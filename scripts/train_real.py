@@ -51,14 +51,14 @@ ROOT = Path(__file__).resolve().parents[1]
 from train_builtin import ARCHITECTURE, NORMALISATION, hovernet_loss, make_optimiser  # noqa: E402
 
 from napari_scribble_refine.core.hovernet_postprocess import hv_instances  # noqa: E402
-from napari_scribble_refine.core.metrics import aggregated_jaccard_index, dice  # noqa: E402
 from napari_scribble_refine.core.models._prepare import normalise_array  # noqa: E402
 from napari_scribble_refine.core.models.hovernet import HoVerNet, HoVerNetConfig  # noqa: E402
 from napari_scribble_refine.core.models.hovernet_checkpoint import (  # noqa: E402
     load_hovernet_safetensors,
     save_hovernet_safetensors,
 )
-from napari_scribble_refine.core.synthetic_shapes import hv_targets  # noqa: E402
+from napari_scribble_refine.evaluation.metrics import aggregated_jaccard_index, dice  # noqa: E402
+from napari_scribble_refine.synthetic.shapes import hv_targets  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "train"
 SPLIT_FILE = ROOT / "benchmarks" / "splits" / "validation.txt"

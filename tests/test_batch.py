@@ -21,7 +21,7 @@ from napari_scribble_refine.batch import (
 )
 from napari_scribble_refine.cli import main
 from napari_scribble_refine.core import RefineConfig, RefineSession, load_model
-from napari_scribble_refine.core.synthetic import synthetic_fluorescence
+from napari_scribble_refine.synthetic.scenes import synthetic_fluorescence
 
 MODEL = "hovernet-fluo"
 SEEDS = (930_000, 930_001, 930_002)

@@ -19,7 +19,7 @@ from scipy import ndimage as ndi
 from napari_scribble_refine.cli import main
 from napari_scribble_refine.core import RefineConfig, RefineSession, load_model
 from napari_scribble_refine.core.hovernet_postprocess import MIN_OBJECT_SIZE
-from napari_scribble_refine.core.synthetic import synthetic_fluorescence
+from napari_scribble_refine.synthetic.scenes import synthetic_fluorescence
 
 
 def _write_sample(path, seed):

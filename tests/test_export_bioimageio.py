@@ -12,7 +12,7 @@ import torch
 from napari_scribble_refine.core import RefineConfig, RefineSession, load_model
 from napari_scribble_refine.core.models.bioimageio_package import Package
 from napari_scribble_refine.core.models.module import TorchModuleModel
-from napari_scribble_refine.core.synthetic import synthetic_fluorescence, synthetic_he
+from napari_scribble_refine.synthetic.scenes import synthetic_fluorescence, synthetic_he
 
 spec = pytest.importorskip("bioimageio.spec")
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")

@@ -308,7 +308,7 @@ def test_adding_a_class_leaves_the_built_in_prediction_unchanged():
     from napari_scribble_refine.core.config import RefineConfig
     from napari_scribble_refine.core.models.registry import load_model
     from napari_scribble_refine.core.session import RefineSession
-    from napari_scribble_refine.core.synthetic import synthetic_fluorescence
+    from napari_scribble_refine.synthetic.scenes import synthetic_fluorescence
 
     image = synthetic_fluorescence((96, 96), seed=5).image
     session = RefineSession(load_model("hovernet-fluo"), image, RefineConfig(device="cpu"))

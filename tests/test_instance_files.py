@@ -86,7 +86,7 @@ def test_stacks_give_polygons_per_slice_and_3d_centroids(tmp_path):
 
 
 def test_the_command_line_writes_types_and_polygons(tmp_path):
-    from napari_scribble_refine.core.synthetic import synthetic_fluorescence
+    from napari_scribble_refine.synthetic.scenes import synthetic_fluorescence
 
     sample = synthetic_fluorescence((96, 96), seed=920_000)
     tifffile.imwrite(tmp_path / "img.tif", sample.image)

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from napari_scribble_refine.core.metrics import (
+from napari_scribble_refine.evaluation.metrics import (
     aggregated_jaccard_index,
     dice,
     instance_types,

@@ -5,6 +5,7 @@ from skimage.draw import disk, ellipse
 from napari_scribble_refine.core.postprocess import (
     class_map_to_instances,
     instance_types,
+    majority_classes,
     type_by_instance,
 )
 
@@ -86,6 +87,17 @@ def test_instance_types_majority_vote():
     instances = np.array([[1, 1, 1, 2], [1, 0, 2, 2]])
     classes = np.array([[2, 2, 1, 0], [0, 1, 0, 0]])
     assert instance_types(instances, classes) == {1: 2, 2: 0}
+
+
+def test_majority_classes_ties_go_to_the_lower_class_and_bad_input_is_named():
+    instances = np.array([[3, 3, 3, 3, 5, 5]])
+    classes = np.array([[2, 1, 2, 1, 0, 0]])  # 3: a tie of 1 and 2; 5: background only
+    ids, kinds = majority_classes(instances, classes)
+    assert ids.tolist() == [3, 5] and kinds.tolist() == [1, 0]
+    with pytest.raises(ValueError, match="types must match inst's shape"):
+        majority_classes(instances, classes[:, :5])
+    with pytest.raises(ValueError, match="types must be non-negative"):
+        majority_classes(instances, -classes)
 
 
 def test_errors():

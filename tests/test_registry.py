@@ -8,12 +8,12 @@ import tifffile
 import torch
 
 from napari_scribble_refine import RefineConfig, RefineSession, available_models, load_model
-from napari_scribble_refine.core.metrics import dice
 from napari_scribble_refine.core.models.base import SegmentationModel
 from napari_scribble_refine.core.models.hovernet import HoVerNet, HoVerNetConfig
 from napari_scribble_refine.core.models.hovernet_checkpoint import save_hovernet_safetensors
 from napari_scribble_refine.core.models.registry import BUILTIN_MODELS, builtin_weights
-from napari_scribble_refine.core.synthetic import synthetic_fluorescence, synthetic_he
+from napari_scribble_refine.evaluation.metrics import dice
+from napari_scribble_refine.synthetic.scenes import synthetic_fluorescence, synthetic_he
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO.parent / "shared" / "data" / "train"

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from skimage.draw import disk, ellipse
 
-from napari_scribble_refine.core.robot import RobotUser, sample_seed
+from napari_scribble_refine.evaluation.robot import RobotUser, sample_seed
 
 
 def _scene(seed=0):

@@ -777,7 +777,7 @@ def test_opaque_prediction_on_a_non_square_image_matches_the_network(unet2, conf
 def test_hovernet_instances_on_a_stack():
     # The HoVer-Net adapter's instance rules are 2D; a (Z, Y, X) session applies them per slice.
     from napari_scribble_refine import load_model
-    from napari_scribble_refine.core.synthetic import synthetic_fluorescence
+    from napari_scribble_refine.synthetic.scenes import synthetic_fluorescence
 
     planes = [synthetic_fluorescence((96, 96), seed=910_000 + i).image for i in range(3)]
     session = RefineSession(load_model("hovernet-fluo"), np.stack(planes), rgb=False)
@@ -802,7 +802,7 @@ def test_colour_image_with_greyscale_model_is_rejected(model2, config):
 @pytest.mark.parametrize("n_layers", [1, 3])
 def test_config_n_layers_sets_the_head_depth(n_layers):
     from napari_scribble_refine import load_model
-    from napari_scribble_refine.core.synthetic import synthetic_fluorescence
+    from napari_scribble_refine.synthetic.scenes import synthetic_fluorescence
 
     model = load_model("hovernet-fluo")
     image = synthetic_fluorescence((64, 64), seed=910_100).image
@@ -820,7 +820,7 @@ def test_config_n_layers_sets_the_head_depth(n_layers):
 def test_rgba_drops_alpha_with_a_warning_and_predicts_as_rgb():
     """The alpha channel is not stain: an RGBA image segments exactly like its RGB part."""
     from napari_scribble_refine import load_model
-    from napari_scribble_refine.core.synthetic import synthetic_he
+    from napari_scribble_refine.synthetic.scenes import synthetic_he
 
     rgb = synthetic_he((96, 96), seed=5).image
     alpha = np.random.default_rng(0).integers(0, 256, rgb.shape[:2], dtype=np.uint8)
@@ -838,7 +838,7 @@ def test_rgba_drops_alpha_with_a_warning_and_predicts_as_rgb():
 def test_float64_images_at_extreme_scales_segment_like_the_unscaled_image(factor):
     """Percentile scaling in float64: 1e300 or 1e-300 does not overflow or vanish in float32."""
     from napari_scribble_refine import load_model
-    from napari_scribble_refine.core.synthetic import synthetic_fluorescence
+    from napari_scribble_refine.synthetic.scenes import synthetic_fluorescence
 
     image = synthetic_fluorescence((96, 96), seed=11).image.astype(np.float64)
     model = load_model("hovernet-fluo")

@@ -16,9 +16,9 @@ from napari_scribble_refine.core import RefineSession, load_model
 from napari_scribble_refine.core import tile_normalisation as tn
 from napari_scribble_refine.core.feature_tiles import TileFeatures
 from napari_scribble_refine.core.lazy_image import LazyImage
-from napari_scribble_refine.core.robot import RobotUser
 from napari_scribble_refine.core.slide import SlideSession, scribble_box
-from napari_scribble_refine.core.synthetic import synthetic_fluorescence
+from napari_scribble_refine.evaluation.robot import RobotUser
+from napari_scribble_refine.synthetic.scenes import synthetic_fluorescence
 
 
 @pytest.fixture(scope="module")

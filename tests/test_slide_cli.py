@@ -9,7 +9,7 @@ import zarr
 
 from napari_scribble_refine.cli import main
 from napari_scribble_refine.core import RefineSession, SlideSession, load_model
-from napari_scribble_refine.core.synthetic import synthetic_fluorescence
+from napari_scribble_refine.synthetic.scenes import synthetic_fluorescence
 
 
 def test_slide_refines_writes_zarr_and_refuses_another_head(tmp_path, capsys):

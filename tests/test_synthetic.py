@@ -1,13 +1,13 @@
 import numpy as np
 import pytest
 
-from napari_scribble_refine.core.synthetic import (
+from napari_scribble_refine.synthetic.scenes import (
     FLUO_CLASSES,
     HE_CLASSES,
     synthetic_fluorescence,
     synthetic_he,
 )
-from napari_scribble_refine.core.synthetic_shapes import hv_targets
+from napari_scribble_refine.synthetic.shapes import hv_targets
 
 GENERATORS = [synthetic_fluorescence, synthetic_he]
 

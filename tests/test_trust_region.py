@@ -231,7 +231,7 @@ def test_free_types_keeps_far_type_changes_but_not_far_nucleus_changes(model3, s
 
 def test_the_crf_weight_follows_whether_nuclei_are_bright_or_dark():
     from napari_scribble_refine.core import RefineConfig, load_model
-    from napari_scribble_refine.core.synthetic import synthetic_fluorescence, synthetic_he
+    from napari_scribble_refine.synthetic.scenes import synthetic_fluorescence, synthetic_he
 
     settings = RefineConfig(crf_weight=3.0, crf_weight_bright=0.5, device="cpu")
     cases = [

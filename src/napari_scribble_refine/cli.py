@@ -28,15 +28,15 @@ from tqdm import tqdm
 from . import slide_cli
 from .core import RefineConfig, RefineResult, RefineSession, load_model
 from .core.images import validate_image
-from .core.metrics import dice, per_class_dice
 from .core.models.base import SegmentationModel
 from .core.models.bioimageio_package import is_bioimageio_source
 from .core.models.registry import default_model, is_torchscript
 from .core.models.saving import check_path, check_target, saved_settings
-from .core.robot import RobotUser
-from .core.synthetic import synthetic_fluorescence, synthetic_he
+from .evaluation.metrics import dice, per_class_dice
+from .evaluation.robot import RobotUser
 from .image_files import read_image
 from .instance_files import write_instances
+from .synthetic.scenes import synthetic_fluorescence, synthetic_he
 
 DEMO_SEED = 20261126
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from napari_scribble_refine.core.synthetic import synthetic_fluorescence
+from napari_scribble_refine.synthetic.scenes import synthetic_fluorescence
 
 
 @pytest.fixture(autouse=True)

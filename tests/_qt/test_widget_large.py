@@ -10,8 +10,8 @@ import pytest
 from _lazy_arrays import CountingArray
 from _qt_helpers import click
 
-from napari_scribble_refine.core.synthetic import synthetic_fluorescence
 from napari_scribble_refine.scripting import open_widget
+from napari_scribble_refine.synthetic.scenes import synthetic_fluorescence
 
 SIDE = 16384
 

@@ -9,8 +9,8 @@ from _qt_helpers import click, press, truth_scribbles
 
 from napari_scribble_refine._napari import _layers
 from napari_scribble_refine.core import RefineConfig, RefineSession, load_model
-from napari_scribble_refine.core.synthetic import synthetic_he
 from napari_scribble_refine.scripting import open_widget
+from napari_scribble_refine.synthetic.scenes import synthetic_he
 
 TIMEOUT_MS = 120_000
 
@@ -365,7 +365,7 @@ def test_switching_images_keeps_each_images_work(make_napari_viewer, fluo_model,
     """Image A, then B, then A again: A's refinements, undo history and layers are kept."""
     from qtpy.QtCore import Qt
 
-    from napari_scribble_refine.core.synthetic import synthetic_fluorescence
+    from napari_scribble_refine.synthetic.scenes import synthetic_fluorescence
 
     viewer = make_napari_viewer(show=True)
     samples = {n: synthetic_fluorescence((96, 96), seed=s) for n, s in (("a", 5), ("b", 6))}
@@ -454,7 +454,7 @@ def test_commit_and_export_keep_the_nuclei(shown, fluo_sample, qtbot, tmp_path):
 
 def test_apply_to_others_predicts_them_with_the_tuned_model(make_napari_viewer, fluo_model, qtbot):
     """The tuned model reaches the other grey images; an RGB one and refined work are kept."""
-    from napari_scribble_refine.core.synthetic import synthetic_fluorescence
+    from napari_scribble_refine.synthetic.scenes import synthetic_fluorescence
 
     viewer = make_napari_viewer(show=True)
     samples = {n: synthetic_fluorescence((96, 96), seed=s) for n, s in (("a", 7), ("b", 8))}

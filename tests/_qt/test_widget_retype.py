@@ -8,8 +8,8 @@ from qtpy.QtCore import QPoint, Qt
 from scipy import ndimage as ndi
 
 from napari_scribble_refine._napari import _layers
-from napari_scribble_refine.core.synthetic import synthetic_he
 from napari_scribble_refine.scripting import open_widget
+from napari_scribble_refine.synthetic.scenes import synthetic_he
 
 
 def _canvas_point(viewer, pixel: tuple[int, int]) -> QPoint:

@@ -10,8 +10,8 @@ import pytest
 from _qt_helpers import click, truth_scribbles
 
 from napari_scribble_refine._napari import _widget
-from napari_scribble_refine.core.synthetic import synthetic_he
 from napari_scribble_refine.scripting import PLUGIN, WIDGET
+from napari_scribble_refine.synthetic.scenes import synthetic_he
 
 TIMEOUT_MS = 120_000
 

@@ -1,7 +1,7 @@
 """npe2 sample data: synthetic nuclei with ground truth, and one real bundled image.
 
 Each function returns napari ``LayerDataTuple`` s ``(data, metadata, layer_type)``; napari
-itself is not imported. The synthetic images come from :mod:`.core.synthetic` with fixed
+itself is not imported. The synthetic images come from :mod:`.synthetic.scenes` with fixed
 seeds, so every user sees the same sample.
 """
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.synthetic import synthetic_fluorescence, synthetic_he
+from ..synthetic.scenes import synthetic_fluorescence, synthetic_he
 
 LayerDataTuple = tuple[Any, dict[str, Any], str]
 

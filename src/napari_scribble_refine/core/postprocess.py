@@ -23,8 +23,6 @@ from scipy import ndimage
 from skimage.morphology import h_maxima
 from skimage.segmentation import relabel_sequential, watershed
 
-from . import metrics
-
 
 def _split_component(
     component: np.ndarray, *, h: float, sigma: float, spacing: tuple[float, ...] | None
@@ -122,12 +120,57 @@ def class_map_to_instances(
     return relabel_sequential(instances)[0].astype(np.int32, copy=False)
 
 
+def majority_classes(inst: np.ndarray, types: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Find the class of every instance by a majority vote over its pixels.
+
+    Each instance takes the most frequent non-zero class among its pixels, 0 if it has
+    none; ties go to the lower class.
+
+    Parameters
+    ----------
+    inst : numpy.ndarray
+        Instance map (0 = background).
+    types : numpy.ndarray
+        Per-pixel classes of the same shape, non-negative.
+
+    Returns
+    -------
+    ids : numpy.ndarray
+        The instance labels present, sorted.
+    classes : numpy.ndarray
+        Their classes (int64).
+
+    Raises
+    ------
+    ValueError
+        If the shapes differ or a class is negative.
+    """
+    ids, idx = np.unique(inst.ravel(), return_inverse=True)
+    idx = idx.ravel()
+    has_bg = ids.size > 0 and ids[0] == 0
+    if types.shape != inst.shape:
+        raise ValueError(f"types must match inst's shape {inst.shape}, got {types.shape}")
+    if types.size and types.min() < 0:
+        raise ValueError("types must be non-negative")
+    n_types = int(types.max()) + 1 if types.size else 1
+    table = np.bincount(
+        idx.astype(np.int64) * n_types + types.ravel().astype(np.int64),
+        minlength=len(ids) * n_types,
+    ).reshape(len(ids), n_types)
+    table = table[int(has_bg) :]
+    classes = np.zeros(len(table), dtype=np.int64)
+    if n_types > 1:
+        fg = table[:, 1:]
+        classes = np.where(fg.sum(axis=1) > 0, fg.argmax(axis=1) + 1, 0)
+    return ids[int(has_bg) :], classes
+
+
 def instance_types(instances: ArrayLike, class_map: ArrayLike) -> dict[int, int]:
     """Find the class of each instance by majority vote of its pixels.
 
-    A dict-returning view of :func:`~napari_scribble_refine.core.metrics.instance_types`:
-    background pixels (class 0) inside an instance do not vote unless the instance has no
-    other class; ties go to the smaller class index.
+    A dict-returning view of :func:`majority_classes`: background pixels (class 0) inside
+    an instance do not vote unless the instance has no other class; ties go to the smaller
+    class index.
 
     Parameters
     ----------
@@ -146,7 +189,7 @@ def instance_types(instances: ArrayLike, class_map: ArrayLike) -> dict[int, int]
     ValueError
         If the shapes differ or a class is negative.
     """
-    ids, classes = metrics.instance_types(np.asarray(instances), np.asarray(class_map))
+    ids, classes = majority_classes(np.asarray(instances), np.asarray(class_map))
     return dict(zip(ids.tolist(), classes.tolist(), strict=True))
 
 

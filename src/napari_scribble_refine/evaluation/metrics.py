@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..core.postprocess import majority_classes
+
 __all__ = [
     "aggregated_jaccard_index",
     "dice",
@@ -287,29 +289,11 @@ def instance_types(
     classes : numpy.ndarray
         Their classes.
     """
-    inst = np.asarray(inst)
-    ids, idx = np.unique(inst.ravel(), return_inverse=True)
-    idx = idx.ravel()
-    has_bg = ids.size > 0 and ids[0] == 0
     if isinstance(types, Mapping):
-        labels = ids[int(has_bg) :]
+        ids = np.unique(np.asarray(inst))
+        labels = ids[int(ids.size > 0 and ids[0] == 0) :]
         return labels, np.array([int(types.get(int(i), 0)) for i in labels], dtype=np.int64)
-    types = np.asarray(types)
-    if types.shape != inst.shape:
-        raise ValueError(f"types must match inst's shape {inst.shape}, got {types.shape}")
-    if types.size and types.min() < 0:
-        raise ValueError("types must be non-negative")
-    n_types = int(types.max()) + 1 if types.size else 1
-    table = np.bincount(
-        idx.astype(np.int64) * n_types + types.ravel().astype(np.int64),
-        minlength=len(ids) * n_types,
-    ).reshape(len(ids), n_types)
-    table = table[int(has_bg) :]
-    classes = np.zeros(len(table), dtype=np.int64)
-    if n_types > 1:
-        fg = table[:, 1:]
-        classes = np.where(fg.sum(axis=1) > 0, fg.argmax(axis=1) + 1, 0)
-    return ids[int(has_bg) :], classes
+    return majority_classes(np.asarray(inst), np.asarray(types))
 
 
 def per_type_f1(

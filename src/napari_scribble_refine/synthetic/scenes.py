@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
-from .synthetic_shapes import (
+from .shapes import (
     NucleusShape,
     drop_small_and_renumber,
     hv_targets,
