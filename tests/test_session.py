@@ -11,6 +11,7 @@ import torch
 from _tiny_nets import disk_labels, disks_scene, fraction, scribble_disks
 
 from napari_scribble_refine.core.config import RefineConfig
+from napari_scribble_refine.core.models.base import SegmentationModel
 from napari_scribble_refine.core.models.module import TorchModuleModel
 from napari_scribble_refine.core.optimiser import proximity
 from napari_scribble_refine.core.session import RefineSession
@@ -846,3 +847,46 @@ def test_float64_images_at_extreme_scales_segment_like_the_unscaled_image(factor
     assert expected.any()
     scaled = RefineSession(model, image * factor, RefineConfig(device="cpu")).predict()
     assert np.mean(scaled == expected) > 0.999
+
+
+class _MinimalAdapter(SegmentationModel):
+    """An adapter with the protocol's abstract members only (the declared defaults do the rest)."""
+
+    head_is_pointwise = True
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        self.net, self.class_names = net, ["background", "nucleus"]
+
+    @property
+    def network(self) -> torch.nn.Module:
+        return self.net
+
+    @property
+    def head_module(self) -> torch.nn.Module:
+        return self.net.final
+
+    def features(self, image: np.ndarray) -> dict[str, torch.Tensor]:
+        x = torch.as_tensor(image, dtype=torch.float32, device=self.device)[None, None]
+        net = self.net
+        with torch.no_grad():
+            e1 = net.enc1(x)
+            up = net.up(net.enc2(net.pool(e1)))
+            return {"dec": net.dec(torch.cat([up, e1], dim=1))}
+
+    def head(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.net.final(features["dec"])
+
+    def add_class(self, name: str, init_from: int) -> None:
+        raise ValueError("not supported")
+
+
+def test_an_adapter_with_only_the_abstract_members_refines(unet2, scene, config):
+    image, kinds = scene
+    model = _MinimalAdapter(unet2)
+    assert (model.trunk_halo, model.size_multiple) == (64, 1)  # the declared defaults
+    session = RefineSession(model, image, config.replace(n_layers=3))  # a fixed head: 1 layer
+    with torch.no_grad():
+        own = unet2(torch.as_tensor(image, dtype=torch.float32)[None, None]).argmax(1)[0]
+    np.testing.assert_array_equal(session.predict(), own.numpy())
+    assert session.run(_dim_as_background(kinds, [0, 1])).converged
+    assert fraction(session.predict(), disk_labels(kinds, 2)[0] == 1, 0) > 0.9

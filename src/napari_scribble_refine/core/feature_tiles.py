@@ -74,7 +74,7 @@ class TileFeatures:
         halo: int,
         budget_bytes: int,
     ) -> None:
-        multiple = int(getattr(model, "size_multiple", 1) or 1)
+        multiple = int(model.size_multiple)
         self.model = model
         self.image = image
         self.normaliser = normaliser

@@ -137,8 +137,7 @@ class RefineSession(SessionSaving):
         if tile_size < 16:
             raise ValueError(f"tile_size must be at least 16, got {tile_size}")
         self.tile_size = int(tile_size)
-        default_halo = getattr(model, "trunk_halo", 64)
-        self.tile_halo = int(tile_halo if tile_halo is not None else default_halo)
+        self.tile_halo = int(tile_halo if tile_halo is not None else model.trunk_halo)
 
         self.origin: tuple[int, ...] = (0,) * len(self.image_info.spatial_shape)
         self.slide: SlideSession | None = None
@@ -146,9 +145,7 @@ class RefineSession(SessionSaving):
         if not copy_model:
             claim_in_place(model, None)  # refuse before changing a model another session tunes
         self.model = copy.deepcopy(model) if copy_model else model
-        set_head_depth = getattr(self.model, "set_n_layers", None)
-        if set_head_depth is not None:  # before the trunk runs: depth decides what is cached
-            set_head_depth(self.config.n_layers)
+        self.model.set_n_layers(self.config.n_layers)  # before the trunk runs
         self.model.to(self.device)
         self.model.network.eval()
         for p in self.model.network.parameters():

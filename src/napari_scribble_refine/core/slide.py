@@ -125,9 +125,7 @@ class SlideSession(SlideOutput):
             raise ValueError(f"feature_budget_mb must be > 0, got {feature_budget_mb!r}")
         self.device, self.device_reason = resolve_device(self.config.device)
         self.model = copy.deepcopy(model)
-        set_head_depth = getattr(self.model, "set_n_layers", None)
-        if set_head_depth is not None:
-            set_head_depth(self.config.n_layers)
+        self.model.set_n_layers(self.config.n_layers)
         self.model.to(self.device)
         self.model.network.eval()
         for p in self.model.network.parameters():
@@ -137,7 +135,7 @@ class SlideSession(SlideOutput):
         self.context = int(context)
         self.max_region_pixels = int(max_region_pixels)
         self.history_budget_mb = history_budget_mb
-        halo = tile_halo if tile_halo is not None else getattr(model, "trunk_halo", 64)
+        halo = tile_halo if tile_halo is not None else model.trunk_halo
         self.features = TileFeatures(
             self.model,
             self.image,

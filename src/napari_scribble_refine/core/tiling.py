@@ -92,7 +92,7 @@ def compute_features(
     prepared, single, many = _prepared_images(model, image)
     slices = [prepared[z] for z in range(prepared.shape[0])] if is_3d else [prepared]
     height, width = slices[0].shape[:2]
-    multiple = int(getattr(model, "size_multiple", 1) or 1)
+    multiple = int(model.size_multiple)
     tile = max(multiple, _aligned(tile_size, multiple, up=False))
     halo = _aligned(max(0, halo), multiple, up=True)
 

@@ -53,6 +53,12 @@ class SegmentationModel(ABC):
     trunk_is_cached : bool
         False for opaque models that cannot be split: ``features`` then returns the prepared
         input and ``head`` runs the full forward (the trunk's weights stay frozen).
+    trunk_halo : int
+        Context (px) the trunk reads around each tile of a large image, so that tiles join
+        without seams (64 unless the adapter knows its receptive field).
+    size_multiple : int
+        The trunk takes inputs whose sides are multiples of this (its total stride); tiles
+        and their halos are aligned to it.
     """
 
     name: str = "model"
@@ -61,6 +67,8 @@ class SegmentationModel(ABC):
     head_is_pointwise: bool = False
     head_halo: int = 0
     trunk_is_cached: bool = True
+    trunk_halo: int = 64
+    size_multiple: int = 1
     description: str = ""
     """One sentence saying what was loaded: format, weights, head and classes."""
     save_suffixes: tuple[str, ...] = ()
@@ -143,6 +151,19 @@ class SegmentationModel(ABC):
             Keys of ``features``; by default all of them.
         """
         return list(features)
+
+    def set_n_layers(self, n_layers: int) -> None:
+        """Make the head the network's last ``n_layers`` layers, where the adapter can.
+
+        Called before the trunk runs (the depth decides what is cached). The default keeps
+        the head the adapter was made with, so ``RefineConfig.n_layers`` does not apply.
+
+        Parameters
+        ----------
+        n_layers : int
+            Layers to tune, counted from the output.
+        """
+        del n_layers  # a fixed head
 
     @abstractmethod
     def add_class(self, name: str, init_from: int) -> None:
