@@ -14,7 +14,10 @@ Prints one JSON object:
 * torch's thread count and the load average, because both move these numbers.
 
 Run: ``python benchmarks/bench_refine.py [--repeats 3] [--size 512] [--threads N]``. A
-second entry times the built-in ``hovernet-fluo`` model when it loads.
+second entry times the built-in ``hovernet-fluo`` model when it loads, and a third
+(``kept_logits``) its refinement with the default settings (trust region; the CRF on the
+inverted, dark-nuclei image) with the head's logits kept per head state against the head
+run for every use (``LOGITS_CACHE_PIXELS = 0``), interleaved, with their ratio.
 """
 
 from __future__ import annotations
@@ -223,6 +226,42 @@ def bench_hovernet(size: int, repeats: int) -> dict | None:
     }
 
 
+def bench_kept_logits(size: int, repeats: int) -> dict:
+    """Default settings on ``hovernet-fluo``: logits kept per head state vs run per use."""
+    from napari_scribble_refine.core import kept_logits
+    from napari_scribble_refine.core.models.registry import load_model
+
+    model = load_model("hovernet-fluo")
+    image, mask = disks_image(size)
+    scribbles = strokes(mask)
+    report: dict = {"image": f"{size}x{size}", "repeats": repeats}
+    for kind, pixels in (("bright_nuclei", image), ("dark_nuclei", image.max() - image)):
+        sessions = {}
+        for name, budget in (("kept", kept_logits.LOGITS_CACHE_PIXELS), ("per_use", 0)):
+            saved, kept_logits.LOGITS_CACHE_PIXELS = kept_logits.LOGITS_CACHE_PIXELS, budget
+            try:  # the budget is read when the session is made
+                sessions[name] = RefineSession(model, pixels, RefineConfig(device="cpu"))
+            finally:
+                kept_logits.LOGITS_CACHE_PIXELS = saved
+        times: dict[str, list[float]] = {name: [] for name in sessions}
+        for _ in range(repeats):
+            for name, session in sessions.items():
+                session.reset()
+                start = time.perf_counter()
+                session.run(scribbles)
+                times[name].append(time.perf_counter() - start)
+        kept, per_use = (statistics.median(times[n]) for n in ("kept", "per_use"))
+        report[kind] = {
+            "seconds_per_interaction_kept": round(kept, 4),
+            "seconds_per_interaction_head_per_use": round(per_use, 4),
+            "speedup_kept_vs_per_use": round(per_use / kept, 3),
+            "identical_predictions": bool(
+                np.array_equal(sessions["kept"].prediction, sessions["per_use"].prediction)
+            ),
+        }
+    return report
+
+
 def bench_region_growing(repeats: int) -> float:
     image, mask = disks_image(1024, seed=3)
     scribbles = strokes(mask, n=60, length=40)
@@ -263,6 +302,7 @@ def main() -> None:
     }
     if not args.no_hovernet:
         report["hovernet"] = bench_hovernet(args.size, args.repeats)
+        report["kept_logits"] = bench_kept_logits(max(args.size, 1024), args.repeats)
     print(json.dumps(report))
 
 
