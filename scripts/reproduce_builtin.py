@@ -52,6 +52,8 @@ REAL_STAGES: dict[str, list[list[str]]] = {
         ["--steps", "1300"],
         ["--steps", "600", "--lr", "5e-4", "--stain", "strong", "--stage", "2",
          "--val-every", "150"],
+        ["--steps", "1500", "--lr", "3e-4", "--stain", "strong", "--stage", "3",
+         "--val-every", "250"],
     ],
 }  # fmt: skip
 
