@@ -153,16 +153,21 @@ class FinalPrediction:
         """Return the head state logits are kept for: the anchor, or the current state."""
         return self._history.anchor if anchored else self.version
 
+    def _run_head(self, index: int, anchored: bool) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """Run the current (or the pre-trained) head on one slice: logits [C, h, w] by pieces."""
+        with torch.no_grad(), Anchored(self.model, self._history.anchor if anchored else None):
+            for y0, x0, piece in self._head_pieces(index):
+                yield y0, x0, piece.float().cpu()
+
     def _logits(self, index: int, *, anchored: bool = False) -> torch.Tensor:
         """Logits [1, C, Y, X] of the current (or the pre-trained) head on one slice, kept."""
 
         def run() -> torch.Tensor:
             height, width = self.spatial_shape[-2:]
             out = torch.empty((1, self.model.n_classes, height, width), dtype=torch.float32)
-            with torch.no_grad(), Anchored(self.model, self._history.anchor if anchored else None):
-                for y0, x0, piece in self._head_pieces(index):
-                    h, w = piece.shape[-2:]
-                    out[0, :, y0 : y0 + h, x0 : x0 + w] = piece.float().cpu()
+            for y0, x0, piece in self._run_head(index, anchored):
+                h, w = piece.shape[-2:]
+                out[0, :, y0 : y0 + h, x0 : x0 + w] = piece
             return out
 
         return self._kept[anchored].get(self._state(anchored), index, run)
@@ -173,10 +178,8 @@ class FinalPrediction:
         """Yield the head's logits [C, h, w] of one slice by pieces at (y0, x0), kept ones whole."""
         if self._kept[anchored].keeps(self._state(anchored), index):
             yield 0, 0, self._logits(index, anchored=anchored)[0]
-            return
-        with torch.no_grad(), Anchored(self.model, self._history.anchor if anchored else None):
-            for y0, x0, piece in self._head_pieces(index):
-                yield y0, x0, piece.float().cpu()
+        else:
+            yield from self._run_head(index, anchored)
 
     def _maps(self, index: int, *, anchored: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Class map (int32) and the probability of each pixel's class (float32), one slice."""
